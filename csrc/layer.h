@@ -1,0 +1,97 @@
+/* Internal declarations shared by the layer's C files.  Nothing here is exported:
+ * the only exported symbols of libtether_layer.so are the hooked libc entry points and
+ * the tl_* test entry points declared in layer/tether_layer_api.h. */
+#ifndef TETHER_LAYER_H
+#define TETHER_LAYER_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "protocol_gen.h"
+#include "tether_layer_api.h"
+
+#define TL_HIDDEN __attribute__((visibility("hidden")))
+#define TL_EXPORT __attribute__((visibility("default")))
+
+/* Per-thread "inside the layer" flag: a hook entered while set goes straight to libc,
+ * so the layer's own calls (connect of its channel, close of a stale fd, getenv from
+ * inside libc) never loop back into policy. */
+extern __thread int tl_in_layer TL_HIDDEN;
+
+/* Saves errno on entry, restores on exit unless the hook sets a new one. */
+#define TL_ERRNO_SAVE int tl_saved_errno_ = errno
+#define TL_ERRNO_RESTORE errno = tl_saved_errno_
+
+/* ---- init.c: configuration parsed once from the environment at load time ---- */
+struct tl_config {
+    int active;        /* a tether session is present (TETHER_LAYER_SOCK set) */
+    int passthrough;   /* skipped process: hooks do nothing but keep the layer for children */
+    int env_fallback;  /* environment was scrubbed before exec: getenv consults the session */
+    char sock_path[108];
+    char so_path[512];     /* this library, to restore LD_PRELOAD across exec */
+    char preload[1024];    /* LD_PRELOAD=... as given to the first process */
+    char sock_var[160];    /* TETHER_LAYER_SOCK=... */
+    char so_var[560];      /* TETHER_LAYER_SO=... */
+    char config_var[1024]; /* TETHER_LAYER_CONFIG=... */
+    char skip[512];        /* comma separated program names */
+};
+extern struct tl_config tl_cfg TL_HIDDEN;
+
+TL_HIDDEN void tl_init(void);
+TL_HIDDEN void *tl_real(const char *name);
+#define TL_REAL(name)                                                                \
+    static __typeof__(name) *real_##name;                                            \
+    if (!real_##name) real_##name = (__typeof__(name) *)tl_real(#name)
+
+/* ---- channel.c: the per-process session with the orchestrator ---- */
+TL_HIDDEN int tl_channel_fd(void);
+TL_HIDDEN int tl_channel_is(int fd);
+/* Move the channel off `fd` (a program wants that number). 0 on success. */
+TL_HIDDEN int tl_channel_evict(int fd);
+/* Send one request frame and wait for the reply with the same id.  Returns the reply
+ * body length written to `reply`, or -1 (errno set) when there is no session. */
+TL_HIDDEN long tl_channel_call(const uint8_t *req, size_t req_len, uint8_t *reply,
+                               size_t reply_cap);
+TL_HIDDEN uint32_t tl_channel_next_id(void);
+TL_HIDDEN void tl_channel_after_fork_child(void);
+
+/* ---- codec.c: a minimal msgpack writer/reader over caller buffers (no malloc) ---- */
+typedef struct {
+    uint8_t *p;
+    size_t len, cap;
+    int err;
+} mp_w;
+typedef struct {
+    const uint8_t *p;
+    size_t len, pos;
+    int err;
+} mp_r;
+
+TL_HIDDEN void mp_w_init(mp_w *w, uint8_t *buf, size_t cap);
+TL_HIDDEN void mp_map(mp_w *w, uint32_t n);
+TL_HIDDEN void mp_arr(mp_w *w, uint32_t n);
+TL_HIDDEN void mp_str(mp_w *w, const char *s, size_t n);
+TL_HIDDEN void mp_cstr(mp_w *w, const char *s);
+TL_HIDDEN void mp_bin(mp_w *w, const void *s, size_t n);
+TL_HIDDEN void mp_int(mp_w *w, int64_t v);
+TL_HIDDEN void mp_nil(mp_w *w);
+TL_HIDDEN void mp_bool(mp_w *w, int v);
+
+TL_HIDDEN void mp_r_init(mp_r *r, const uint8_t *buf, size_t len);
+TL_HIDDEN int mp_r_map(mp_r *r, uint32_t *n);
+TL_HIDDEN int mp_r_arr(mp_r *r, uint32_t *n);
+TL_HIDDEN int mp_r_str(mp_r *r, const char **s, uint32_t *n);
+TL_HIDDEN int mp_r_bin(mp_r *r, const uint8_t **s, uint32_t *n);
+TL_HIDDEN int mp_r_int(mp_r *r, int64_t *v);
+TL_HIDDEN int mp_r_skip(mp_r *r);
+TL_HIDDEN int mp_r_is_nil(mp_r *r);
+/* Find key `key` in the map at the reader's position; leaves the reader on its value. */
+TL_HIDDEN int mp_r_find(mp_r *r, const char *key);
+TL_HIDDEN int mp_str_eq(const char *s, uint32_t n, const char *lit);
+
+#endif

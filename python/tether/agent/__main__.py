@@ -1,0 +1,115 @@
+"""``tether-agent``: the process that acts inside the target.
+
+Started by the orchestrator (for a process target: on this machine, entering the
+target's network namespace; for Kubernetes: in the target pod).  It talks to exactly one
+orchestrator, over an inherited socket (``--fd``) or a TCP port (``--listen``), and exits
+when that orchestrator goes away, so nothing of a session outlives it.
+
+The session secret arrives in the TETHER_AGENT_SECRET variable (never on the command
+line, which every user of the machine can read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+
+from .server import AgentContext, serve_connection
+
+log = logging.getLogger("tether.agent")
+
+
+class AgentStartError(Exception):
+    pass
+
+
+def enter_netns(pid: int) -> None:
+    from .. import _native
+
+    path = f"/proc/{pid}/ns/net"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise AgentStartError(f"process {pid} does not exist") from None
+    except PermissionError:
+        raise AgentStartError(
+            f"cannot open {path}: permission denied (tether needs root or CAP_SYS_ADMIN "
+            "and CAP_SYS_PTRACE to act inside another process's namespaces)"
+        ) from None
+    try:
+        if _native.lib.setns(fd, _native.lib.CLONE_NEWNET) != 0:
+            err = _native.ffi.errno
+            raise AgentStartError(
+                f"cannot enter the network namespace of process {pid}: {os.strerror(err)}"
+                + (" (tether needs root or CAP_SYS_ADMIN)" if err == 1 else "")
+            )
+    finally:
+        os.close(fd)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="tether-agent", description=__doc__)
+    p.add_argument("--target-pid", type=int, required=True,
+                   help="process whose environment, files and network the agent acts in")
+    p.add_argument("--enter-netns", action="store_true",
+                   help="join the target's network namespace first (process targets)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--fd", type=int, help="inherited connected socket to the orchestrator")
+    src.add_argument("--listen", help="HOST:PORT to accept the orchestrator on")
+    p.add_argument("--log-level", default=os.environ.get("TETHER_LOG", "info"))
+    return p.parse_args(argv)
+
+
+async def run(args: argparse.Namespace, secret: str) -> int:
+    ctx = AgentContext(target_pid=args.target_pid, secret=secret)
+    if args.fd is not None:
+        sock = socket.socket(fileno=args.fd)
+        reader, writer = await asyncio.open_connection(sock=sock)
+        reason = await serve_connection(ctx, reader, writer)
+        log.info("orchestrator gone (%s); agent exiting", reason)
+        return 0
+    host, _, port = args.listen.rpartition(":")
+    done = asyncio.Event()
+
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        reason = await serve_connection(ctx, reader, writer)
+        log.info("orchestrator gone (%s)", reason)
+
+    server = await asyncio.start_server(on_client, host or "0.0.0.0", int(port))
+    async with server:
+        await done.wait()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="tether-agent[%(process)d] %(levelname)s %(message)s",
+    )
+    secret = os.environ.pop("TETHER_AGENT_SECRET", "")
+    if not secret:
+        print("tether-agent: TETHER_AGENT_SECRET is not set", file=sys.stderr)
+        return 2
+    try:
+        from .. import _native
+
+        _native.lib.tether_set_name(b"tether-agent")
+        if args.fd is not None:  # our orchestrator is our parent: die with it
+            _native.lib.tether_set_pdeathsig(signal.SIGKILL)
+        if args.enter_netns:
+            enter_netns(args.target_pid)
+    except AgentStartError as exc:
+        # The orchestrator reads this line and shows it to the user.
+        print(f"tether-agent: {exc}", file=sys.stderr)
+        return 3
+    return asyncio.run(run(args, secret))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

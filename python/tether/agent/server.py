@@ -1,0 +1,90 @@
+"""The agent's server: authenticate the orchestrator, then answer its requests.
+
+The agent runs inside the target's network namespace and sees the target's files
+through ``/proc/<pid>/root``.  It serves exactly one orchestrator: the first frame must
+be ``auth`` with the session secret, otherwise the connection is dropped.  Feature
+modules add handlers to ``HANDLERS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import protocol
+from ..link import Handler, Link, RemoteError
+from ..protocol import Message
+
+log = logging.getLogger("tether.agent")
+
+
+@dataclass
+class AgentContext:
+    target_pid: int
+    secret: str
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def read_environ(pid: int) -> dict[str, str]:
+    """The target's environment, from /proc/<pid>/environ."""
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        raw = f.read()
+    env: dict[str, str] = {}
+    for item in raw.split(b"\0"):
+        if not item or b"=" not in item:
+            continue
+        key, _, value = item.partition(b"=")
+        env[key.decode(errors="surrogateescape")] = value.decode(errors="surrogateescape")
+    return env
+
+
+async def _agent_env(link: Link, msg: Message) -> Message:
+    ctx: AgentContext = link.state["ctx"]
+    try:
+        env = read_environ(ctx.target_pid)
+    except FileNotFoundError:
+        raise RemoteError("target_gone", f"target process {ctx.target_pid} has exited") from None
+    except PermissionError:
+        raise RemoteError(
+            "permission",
+            f"cannot read the environment of process {ctx.target_pid}: permission denied",
+        ) from None
+    return {"t": "agent_env_reply", "env": env}
+
+
+async def _ping(link: Link, msg: Message) -> Message:
+    return {"t": "pong"}
+
+
+HANDLERS: dict[str, Handler] = {"agent_env": _agent_env, "ping": _ping}
+
+
+async def _authenticate(link: Link, msg: Message) -> Message:
+    ctx: AgentContext = link.state["ctx"]
+    if msg.get("v") != protocol.VERSION:
+        raise RemoteError("version", f"agent speaks protocol {protocol.VERSION}, got {msg.get('v')}")
+    if not hmac.compare_digest(str(msg.get("secret", "")), ctx.secret):
+        log.warning("rejected a client with a wrong session secret")
+        link.close("bad secret")
+        return {"t": "error", "code": "auth", "message": "bad session secret"}
+    link.handlers = dict(HANDLERS)
+    log.info("orchestrator authenticated")
+    return {"t": "auth_ok", "agent": f"tether-agent/{os.getpid()}", "target_pid": ctx.target_pid}
+
+
+async def serve_connection(ctx: AgentContext, reader: asyncio.StreamReader,
+                           writer: asyncio.StreamWriter) -> str:
+    """Serve one orchestrator until it goes away; return why the link closed."""
+    link = Link(reader, writer, {"auth": _authenticate}, name="agent")
+    link.state["ctx"] = ctx
+    await link.serve()
+    for cleanup in list(ctx.extras.get("cleanups", [])):
+        try:
+            cleanup()
+        except Exception:
+            log.exception("cleanup failed")
+    return link.close_reason

@@ -1,0 +1,228 @@
+"""The ``tether`` command line.
+
+    tether exec [-f FILE] [-t TARGET] [-n NS] -- CMD ARGS...
+    tether verify-config FILE
+    tether --version
+
+``exec`` forks the orchestrator into its own session and then *becomes* the program
+(execvpe): the program keeps tether's pid, terminal and process group, so Ctrl-C, job
+control, debuggers and the exit status are the program's own, with nothing to forward.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import sys
+import time
+from typing import Any, NoReturn
+
+import click
+
+from . import __version__, protocol
+from .config import Config, ConfigError, LoadedConfig, load_config
+from .targets import TargetError, resolve_target
+
+log = logging.getLogger("tether")
+
+
+def setup_logging() -> None:
+    level_name = os.environ.get("TETHER_LOG", "info").upper()
+    level = getattr(logging, level_name, logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("tether: %(message)s"))
+    root = logging.getLogger("tether")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _load(config_file: str | None, target: str | None, namespace: str | None) -> LoadedConfig:
+    overrides: dict[str, Any] = {}
+    if target or namespace:
+        tgt: dict[str, Any] = {}
+        if target:
+            tgt["path"] = target
+        if namespace:
+            tgt["namespace"] = namespace
+        overrides["target"] = tgt
+    try:
+        loaded = load_config(config_file, overrides or None)
+    except ConfigError as exc:
+        lines = "\n".join(f"  {p}" for p in exc.problems)
+        where = f" in {exc.source}" if getattr(exc, "source", None) else ""
+        raise click.ClickException(f"invalid configuration{where}:\n{lines}") from None
+    for warning in loaded.warnings:
+        log.warning("config: %s", warning)
+    return loaded
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="tether")
+def main() -> None:
+    """Run a local program as if it were inside a remote target.
+
+    The program gets the target's environment variables (and, as features land, its
+    files, DNS, outgoing network and incoming traffic).  Start with:
+
+        tether exec --target process/<pid> -- ./my-app
+
+    or put the target in .tether/tether.json and run `tether exec -- ./my-app`.
+    Set TETHER_LOG=debug for a detailed log.
+    """
+    setup_logging()
+
+
+@main.command(
+    "exec",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@click.option("-f", "--config-file", type=click.Path(dir_okay=False),
+              help="Config file (JSON, YAML or TOML; mirrord's schema). "
+                   "Default: .tether/tether.json if present.")
+@click.option("-t", "--target", "target",
+              help="What to act inside: process/<pid>, or a Kubernetes workload "
+                   "(deployment/<name>, pod/<name>, ...). Overrides target.path.")
+@click.option("-n", "--target-namespace", help="Namespace of the target (Kubernetes).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_command(config_file: str | None, target: str | None, target_namespace: str | None,
+                 command: tuple[str, ...]) -> None:
+    """Run COMMAND with the target's context.
+
+    COMMAND replaces tether once the session is ready, so its exit status, signals and
+    terminal are its own. Put `--` before COMMAND when it has options of its own:
+
+        tether exec -t process/4242 -- python app.py --port 8080
+    """
+    loaded = _load(config_file, target, target_namespace)
+    config = loaded.config
+    try:
+        tgt = resolve_target(config.target.path, config.target.namespace)
+        tgt.check()
+    except TargetError as exc:
+        raise click.ClickException(str(exc)) from None
+    run_exec(config, tgt, list(command))
+
+
+def run_exec(config: Config, target: Any, command: list[str]) -> NoReturn:
+    from .orchestrator import Orchestrator
+
+    layer_so = layer_path()
+    read_fd, write_fd = os.pipe()
+    parent_pid = os.getpid()
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:  # the orchestrator
+        os.close(read_fd)
+        code = 1
+        try:
+            os.setsid()  # the terminal's Ctrl-C belongs to the program, not to us
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.close(devnull)
+            orch = Orchestrator(config=config, target=target, local_env=dict(os.environ),
+                                cwd=os.getcwd(), layer_so=layer_so)
+            code = _run_orchestrator(orch, write_fd, parent_pid)
+        except BaseException:  # never return into click in the forked child
+            log.exception("orchestrator failed")
+        finally:
+            os._exit(code)
+
+    os.close(write_fd)
+    reply = _wait_ready(read_fd, started, target.describe())
+    os.close(read_fd)
+    if reply is None:
+        raise click.ClickException("the tether orchestrator exited before the session started "
+                                   "(run with TETHER_LOG=debug for details)")
+    if reply["t"] == "session_failed":
+        raise click.ClickException(reply["message"])
+    env = reply["env"]
+    log.debug("session ready after %.0f ms; exec %s", (time.monotonic() - started) * 1000,
+              command[0])
+    try:
+        os.execvpe(command[0], command, env)
+    except FileNotFoundError:
+        click.echo(f"tether: {command[0]}: command not found", err=True)
+        os._exit(127)
+    except PermissionError:
+        click.echo(f"tether: {command[0]}: permission denied", err=True)
+        os._exit(126)
+    raise AssertionError("unreachable")
+
+
+def _run_orchestrator(orch: Any, write_fd: int, parent_pid: int) -> int:
+    import asyncio
+
+    from .orchestrator import end_program
+
+    async def body() -> int:
+        try:
+            env = await orch.start()
+        except (TargetError, OSError) as exc:
+            os.write(write_fd, protocol.encode({"t": "session_failed", "message": str(exc)}))
+            os.close(write_fd)
+            await orch.stop()
+            return 1
+        os.write(write_fd, protocol.encode(
+            {"t": "session_ready", "env": env, "socket": orch.socket_path}))
+        os.close(write_fd)
+        log.info("session started: %s", orch.target.describe())
+        reason = await orch.serve(parent_pid)
+        if reason:
+            end_program(parent_pid, reason)
+        await orch.stop()
+        log.debug("session ended")
+        return 0 if not reason else 1
+
+    return asyncio.run(body())
+
+
+def _wait_ready(fd: int, started: float, what: str) -> dict[str, Any] | None:
+    decoder = protocol.FrameDecoder()
+    announced = False
+    while True:
+        ready, _, _ = select.select([fd], [], [], 0.25)
+        if not ready:
+            if not announced and time.monotonic() - started > 1.0:
+                click.echo(f"tether: starting the agent in {what}...", err=True)
+                announced = True
+            continue
+        data = os.read(fd, 1 << 20)
+        if not data:
+            return None
+        for msg in decoder.feed(data):
+            return msg
+
+
+def layer_path() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.path.join(here, "libtether_layer.so")
+    if not os.path.exists(path):
+        raise click.ClickException(
+            f"the tether layer is missing ({path}); reinstall tether with `make install`"
+        )
+    return path
+
+
+@main.command("verify-config")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--print", "print_effective", is_flag=True,
+              help="Print the effective configuration (defaults filled in) as JSON.")
+def verify_config(file: str, print_effective: bool) -> None:
+    """Check a config file; list every problem by its JSON path.
+
+    Exit status 0 when the file is valid (warnings allowed), 1 otherwise.
+    """
+    loaded = _load(file, None, None)
+    if print_effective:
+        import json
+
+        from .config import dump_effective
+
+        click.echo(json.dumps(dump_effective(loaded.config), indent=2))
+    click.echo(f"{file}: valid" + (f" ({len(loaded.warnings)} warnings)" if loaded.warnings else ""))
+
+
+if __name__ == "__main__":
+    main()

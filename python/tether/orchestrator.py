@@ -1,0 +1,222 @@
+"""The orchestrator: one per ``tether exec``, between the layer sessions and the agent.
+
+``tether exec`` forks: the parent becomes the user's program (exec, so its pid, terminal,
+signals and exit status are the program's own), the child runs this orchestrator in its
+own session.  The orchestrator
+
+1. starts the agent in the target and authenticates it with a fresh secret,
+2. computes the program's environment (local env merged with the target's),
+3. listens on a private Unix socket for layer sessions (one per process of the program's
+   tree, children after fork and exec included),
+4. reports ``session_ready`` with that environment to the parent, which then execs,
+5. serves until the program exits, the target disappears or the agent is lost; then it
+   stops the agent and removes its socket.  If the target or the agent goes away first it
+   tells the user and ends the program, so a session never silently stops working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import shutil
+import signal
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import protocol
+from .config import Config
+from .environment import compute_env
+from .link import Handler, Link, LinkClosed, RemoteError
+from .protocol import Message
+from .targets import Target, TargetError
+
+log = logging.getLogger("tether")
+
+protocol.register("session_ready", {"env": (dict, True), "socket": (str, True)})
+protocol.register("session_failed", {"message": (str, True)})
+
+# Programs that only build or debug: the layer loads in pass-through mode so that their
+# children (the program being built and run, the debuggee) still get it.
+BUILD_TOOLS = (
+    "go,cc,cc1,cc1plus,gcc,g++,clang,clang++,ld,ld.bfd,ld.gold,ld.lld,as,collect2,make,cmake,"
+    "ninja,cargo,rustc,javac,mvn,gradle,git,pkg-config,gdb,lldb,dlv,strace,ltrace"
+)
+
+
+@dataclass
+class LayerSession:
+    number: int
+    pid: int
+    exe: str
+
+
+@dataclass
+class Orchestrator:
+    config: Config
+    target: Target
+    local_env: dict[str, str]
+    cwd: str
+    layer_so: str
+    layer_handlers: dict[str, Handler] = field(default_factory=dict)
+    sessions: dict[int, LayerSession] = field(default_factory=dict)
+    child_env: dict[str, str] = field(default_factory=dict)
+    agent: Link | None = None
+    _sock_dir: str | None = None
+    _server: asyncio.AbstractServer | None = None
+    _session_numbers: int = 0
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    @property
+    def socket_path(self) -> str:
+        assert self._sock_dir is not None
+        return os.path.join(self._sock_dir, "layer.sock")
+
+    # ---- start ----
+    async def start(self) -> dict[str, str]:
+        """Start the agent and the layer server; return the program's environment."""
+        self.target.check()
+        secret = secrets.token_hex(16)
+        log_level = os.environ.get("TETHER_LOG", "info")
+        conn = await self.target.start_agent(secret, log_level)
+        self.agent = Link(conn.reader, conn.writer, name="agent-link")
+        self._tasks.append(asyncio.create_task(self.agent.serve()))
+        timeout = float(self.config.agent.startup_timeout)
+        try:
+            hello = await self._agent_call(
+                {"t": "auth", "v": protocol.VERSION, "secret": secret}, timeout
+            )
+        except (LinkClosed, asyncio.TimeoutError) as exc:
+            reason = await self._agent_failure_reason(exc)
+            raise TargetError(f"the agent did not start in {self.target.describe()}: {reason}")
+        log.info("agent ready in %s (%s)", self.target.describe(), hello["agent"])
+
+        remote_env: dict[str, str] = {}
+        if self.config.feature.env.enabled:
+            reply = await self._agent_call({"t": "agent_env"}, timeout)
+            remote_env = dict(reply["env"])
+        self.child_env = compute_env(self.local_env, remote_env, self.config.feature.env,
+                                     cwd=self.cwd)
+        log.debug("environment: %d variables from the target", len(remote_env))
+
+        self._sock_dir = tempfile.mkdtemp(prefix="tether-")
+        os.chmod(self._sock_dir, 0o700)
+        self._server = await asyncio.start_unix_server(self._on_layer, path=self.socket_path)
+        os.chmod(self.socket_path, 0o600)
+
+        env = dict(self.child_env)
+        env.update(self.layer_variables())
+        return env
+
+    async def _agent_failure_reason(self, exc: BaseException) -> str:
+        failure = getattr(self.target, "agent_failure", None)
+        if failure is not None:
+            try:
+                return str(await asyncio.wait_for(failure(), 3))
+            except asyncio.TimeoutError:
+                pass
+        return str(exc) or type(exc).__name__
+
+    async def _agent_call(self, msg: dict[str, Any], timeout: float | None = None) -> Message:
+        assert self.agent is not None
+        return await self.agent.call(msg, timeout)
+
+    def layer_config(self) -> str:
+        skip = list(self.config.skip_processes)
+        if self.config.skip_build_tools:
+            skip += BUILD_TOOLS.split(",") + list(self.config.skip_extra_build_tools)
+        return "skip=" + ",".join(dict.fromkeys(s for s in skip if s and "," not in s))
+
+    def layer_variables(self) -> dict[str, str]:
+        preload = self.local_env.get("LD_PRELOAD", "")
+        return {
+            "LD_PRELOAD": f"{self.layer_so}:{preload}" if preload else self.layer_so,
+            "TETHER_LAYER_SO": self.layer_so,
+            "TETHER_LAYER_SOCK": self.socket_path,
+            "TETHER_LAYER_CONFIG": self.layer_config(),
+            "TETHER_ENV_APPLIED": "1",
+        }
+
+    # ---- layer sessions ----
+    async def _on_layer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        link = Link(reader, writer, {"hello": self._hello}, name="layer")
+        await link.serve()
+        session: LayerSession | None = link.state.get("session")
+        if session is not None:
+            self.sessions.pop(session.number, None)
+            log.debug("layer session %d (pid %d) closed: %s", session.number, session.pid,
+                      link.close_reason)
+
+    async def _hello(self, link: Link, msg: Message) -> Message:
+        if msg["v"] != protocol.VERSION:
+            link.close(f"layer speaks protocol {msg['v']}, orchestrator {protocol.VERSION}")
+            return {"t": "error", "code": "version", "message": "protocol version mismatch"}
+        self._session_numbers += 1
+        session = LayerSession(self._session_numbers, msg["pid"], msg["exe"])
+        self.sessions[session.number] = session
+        link.state["session"] = session
+        link.state["orchestrator"] = self
+        link.handlers = {"env": self._env, **self.layer_handlers}
+        log.debug("layer session %d: pid %d %s", session.number, session.pid, session.exe)
+        return {"t": "hello_ok", "session": session.number}
+
+    async def _env(self, link: Link, msg: Message) -> Message:
+        return {"t": "env_reply", "env": self.child_env}
+
+    # ---- run ----
+    async def serve(self, program_pid: int) -> str:
+        """Serve until the program exits or the session breaks; return why it ended."""
+        waits: dict[asyncio.Task[Any], Callable[[Any], str]] = {}
+        waits[asyncio.create_task(_wait_pid(program_pid))] = lambda _: ""
+        waits[asyncio.create_task(self.target.wait_gone())] = lambda r: str(r)
+        assert self.agent is not None
+        waits[asyncio.create_task(self.agent.closed.wait())] = (
+            lambda _: f"lost the agent ({self.agent.close_reason if self.agent else '?'})"
+        )
+        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        first = next(iter(done))
+        return waits[first](first.result())
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self.agent is not None:
+            self.agent.close("session ended")
+        await self.target.stop_agent()
+        for task in self._tasks:
+            task.cancel()
+        if self._sock_dir:
+            shutil.rmtree(self._sock_dir, ignore_errors=True)
+
+
+async def _wait_pid(pid: int) -> None:
+    """Wait for a process that is not our child (the program we forked from)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    gone: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(pidfd, lambda: gone.done() or gone.set_result(None))
+    try:
+        await gone
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+
+
+def end_program(pid: int, reason: str) -> None:
+    """The session broke while the program runs: say so, then stop the program."""
+    log.error("tether: %s; stopping the program (its remote context is gone)", reason)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+
+
+__all__ = ["Orchestrator", "RemoteError", "end_program"]

@@ -1,0 +1,62 @@
+"""Targets: what a session acts inside (a local process today, Kubernetes workloads next).
+
+``resolve_target`` turns the user's target path into an object that can start the agent.
+Every target gives the orchestrator the same thing: an authenticated link to an agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class TargetError(Exception):
+    """The target cannot be used; the message says why and what to do."""
+
+
+@dataclass
+class AgentConnection:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    description: str
+
+
+class Target(Protocol):
+    def describe(self) -> str: ...
+
+    def check(self) -> None:
+        """Raise TargetError if the target does not exist or cannot be used."""
+
+    async def start_agent(self, secret: str, log_level: str) -> AgentConnection: ...
+
+    async def wait_gone(self) -> str:
+        """Return (with a reason) when the target stops existing."""
+
+    async def stop_agent(self) -> None: ...
+
+
+def resolve_target(path: str | None, namespace: str | None = None) -> Target:
+    from .process import ProcessTarget
+
+    if not path:
+        raise TargetError(
+            "no target given: pass --target process/<pid> (or set target.path in the config file)"
+        )
+    kind, _, rest = path.partition("/")
+    if kind == "process":
+        try:
+            pid = int(rest)
+        except ValueError:
+            raise TargetError(f"target {path!r}: expected process/<pid> with a numeric pid") from None
+        return ProcessTarget(pid)
+    if kind in {"pod", "deployment", "statefulset", "replicaset", "job", "cronjob", "service",
+                "rollout", "targetless"}:
+        raise TargetError(
+            f"target {path!r}: Kubernetes targets are not available in this build yet; "
+            "use process/<pid>"
+        )
+    raise TargetError(
+        f"target {path!r}: unknown kind {kind!r} (expected process/<pid>, pod/<name>, "
+        "deployment/<name>, ...)"
+    )
