@@ -1,0 +1,42 @@
+"""Pure HTTP/1.x pieces of the agent's request router: framing (where each request and
+response starts and ends on a connection) and filters (which requests are stolen).
+Sans-I/O: no sockets, threads or asyncio here; the agent drives them."""
+
+from tether.http.filters import RequestMatcher, compile_filter
+from tether.http.framing import (
+    Body,
+    Event,
+    H2Preface,
+    Invalid,
+    RequestEnd,
+    RequestFramer,
+    RequestHead,
+    ResponseEnd,
+    ResponseFramer,
+    ResponseHead,
+    Tunnel,
+    Upgraded,
+    header_lines,
+    request_path,
+    wants_upgrade,
+)
+
+__all__ = [
+    "Body",
+    "Event",
+    "H2Preface",
+    "Invalid",
+    "RequestEnd",
+    "RequestFramer",
+    "RequestHead",
+    "RequestMatcher",
+    "ResponseEnd",
+    "ResponseFramer",
+    "ResponseHead",
+    "Tunnel",
+    "Upgraded",
+    "compile_filter",
+    "header_lines",
+    "request_path",
+    "wants_upgrade",
+]

@@ -1,0 +1,223 @@
+"""Compile a filtered-steal ``http_filter`` into a predicate over request heads.
+
+Owns the meaning of a filter (mirrord's, so its config files work unchanged): regexes
+*search* (``.+user=vfarcic.*`` matches ``/?user=vfarcic``), a path filter sees the
+target's path and query as sent, a header filter sees each ``name: value`` line with the
+name lower-cased, a method filter compares case-insensitively. Pure: no I/O.
+
+Accepted shapes (``compile_filter``):
+
+- a mapping in mirrord's JSON shape: exactly one of ``path_filter``, ``header_filter``,
+  ``method_filter``, ``all_of``, ``any_of``, plus optional ``ports``. Inside ``all_of`` /
+  ``any_of`` each element has one key: ``path``, ``header``, ``method`` (the
+  ``*_filter`` spellings and nested ``all_of`` / ``any_of`` are accepted too).
+- an object shaped like ``HttpFilterSpec`` (``kind``, ``pattern``, ``children``,
+  optionally ``ports``), e.g. tether's config dataclass.
+
+``ports`` absent means the filter applies on every stolen port. (mirrord defaults to
+[80, 8080] and steals *everything* on other ports; a config loader that wants that
+default passes it explicitly.)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from tether.http.framing import RequestHead, header_lines, request_path
+
+__all__ = ["HttpFilterSpec", "RequestMatcher", "compile_filter"]
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_LEAF_KEYS = {
+    "path_filter": "path",
+    "path": "path",
+    "header_filter": "header",
+    "header": "header",
+    "method_filter": "method",
+    "method": "method",
+}
+_GROUP_KEYS = ("all_of", "any_of")
+_TOP_KEYS = ("path_filter", "header_filter", "method_filter", *_GROUP_KEYS)
+
+
+@runtime_checkable
+class HttpFilterSpec(Protocol):
+    """What ``compile_filter`` reads from a filter object (``ports`` is optional)."""
+
+    kind: str  # 'path' | 'header' | 'method' | 'all_of' | 'any_of'
+    pattern: str | None
+    children: Sequence[Any]
+
+
+class _Predicate(Protocol):
+    def matches(self, head: RequestHead) -> bool: ...
+
+
+@dataclass(frozen=True)
+class _Path:
+    regex: re.Pattern[str]
+
+    def matches(self, head: RequestHead) -> bool:
+        return self.regex.search(request_path(head)) is not None
+
+    def __str__(self) -> str:
+        return f"path~{self.regex.pattern!r}"
+
+
+@dataclass(frozen=True)
+class _Header:
+    regex: re.Pattern[str]
+
+    def matches(self, head: RequestHead) -> bool:
+        return any(self.regex.search(line) for line in header_lines(head))
+
+    def __str__(self) -> str:
+        return f"header~{self.regex.pattern!r}"
+
+
+@dataclass(frozen=True)
+class _Method:
+    method: bytes
+
+    def matches(self, head: RequestHead) -> bool:
+        return head.method.upper() == self.method
+
+    def __str__(self) -> str:
+        return f"method={self.method.decode()}"
+
+
+@dataclass(frozen=True)
+class _AllOf:
+    children: tuple[_Predicate, ...]
+
+    def matches(self, head: RequestHead) -> bool:
+        return all(child.matches(head) for child in self.children)
+
+    def __str__(self) -> str:
+        return "all_of(" + ", ".join(map(str, self.children)) + ")"
+
+
+@dataclass(frozen=True)
+class _AnyOf:
+    children: tuple[_Predicate, ...]
+
+    def matches(self, head: RequestHead) -> bool:
+        return any(child.matches(head) for child in self.children)
+
+    def __str__(self) -> str:
+        return "any_of(" + ", ".join(map(str, self.children)) + ")"
+
+
+class RequestMatcher:
+    """A compiled filter: which requests to steal, and on which ports it decides."""
+
+    def __init__(self, predicate: _Predicate, ports: frozenset[int] | None) -> None:
+        self._predicate = predicate
+        self.ports = ports  # None: every port
+
+    def matches(self, head: RequestHead) -> bool:
+        return self._predicate.matches(head)
+
+    def applies_to_port(self, port: int) -> bool:
+        """False: on this port the filter is not consulted (the driver steals all)."""
+        return self.ports is None or port in self.ports
+
+    def __repr__(self) -> str:
+        ports = "all" if self.ports is None else sorted(self.ports)
+        return f"RequestMatcher({self._predicate}, ports={ports})"
+
+
+def compile_filter(spec: Mapping[str, Any] | HttpFilterSpec) -> RequestMatcher:
+    """Compile ``spec`` (see the module docstring). Raises ``ValueError`` naming the
+    offending key, regex or port."""
+    if isinstance(spec, Mapping):
+        ports = spec.get("ports")
+        keys = [k for k in spec if k != "ports"]
+        unknown = [k for k in keys if k not in _TOP_KEYS]
+        if unknown or len(keys) != 1:
+            raise ValueError(
+                f"http_filter needs exactly one of {', '.join(_TOP_KEYS)} "
+                f"(and optionally ports); got {', '.join(map(str, keys)) or 'none'}"
+            )
+        predicate = _from_mapping_entry(keys[0], spec[keys[0]])
+    else:
+        ports = getattr(spec, "ports", None)
+        predicate = _from_object(spec)
+    return RequestMatcher(predicate, _ports(ports))
+
+
+def _from_mapping(spec: Any) -> _Predicate:
+    if not isinstance(spec, Mapping) or len(spec) != 1:
+        raise ValueError(
+            f"each filter inside all_of/any_of must be an object with one key "
+            f"(path, header, method, all_of or any_of); got {spec!r}"
+        )
+    ((key, value),) = spec.items()
+    if key not in _LEAF_KEYS and key not in _GROUP_KEYS:
+        raise ValueError(
+            f"unknown filter {key!r}: use path, header, method, all_of or any_of"
+        )
+    return _from_mapping_entry(key, value)
+
+
+def _from_mapping_entry(key: str, value: Any) -> _Predicate:
+    if key in _GROUP_KEYS:
+        if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+            raise ValueError(f"{key} must be a list of filters, got {value!r}")
+        return _group(key, [_from_mapping(child) for child in value])
+    return _leaf(_LEAF_KEYS[key], value, key)
+
+
+def _from_object(spec: Any) -> _Predicate:
+    kind = getattr(spec, "kind", None)
+    if kind in _GROUP_KEYS:
+        return _group(kind, [_from_object(child) for child in spec.children])
+    if kind in ("path", "header", "method"):
+        return _leaf(kind, spec.pattern, f"{kind} filter")
+    raise ValueError(
+        f"unknown filter kind {kind!r}: use path, header, method, all_of or any_of"
+    )
+
+
+def _group(kind: str, children: list[_Predicate]) -> _Predicate:
+    if not children:
+        raise ValueError(f"{kind} needs at least one filter")
+    return _AllOf(tuple(children)) if kind == "all_of" else _AnyOf(tuple(children))
+
+
+def _leaf(kind: str, pattern: Any, where: str) -> _Predicate:
+    if not isinstance(pattern, str) or not pattern:
+        raise ValueError(f"{where} needs a non-empty string, got {pattern!r}")
+    if kind == "method":
+        if not _TOKEN.fullmatch(pattern):
+            raise ValueError(f"{where}: {pattern!r} is not an HTTP method name")
+        return _Method(pattern.upper().encode("ascii"))
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"{where}: invalid regex {pattern!r}: {exc}") from None
+    return _Path(regex) if kind == "path" else _Header(regex)
+
+
+def _ports(ports: Any) -> frozenset[int] | None:
+    if ports is None:
+        return None
+    if isinstance(ports, (str, bytes)) or not isinstance(ports, Iterable):
+        # ValueError for every config mistake, so callers catch one exception type.
+        msg = f"http_filter ports must be a list of port numbers, got {ports!r}"
+        raise ValueError(msg)  # noqa: TRY004
+    out = set()
+    for port in ports:
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(
+                f"http_filter ports: {port!r} is not a port number (1-65535)"
+            )
+        out.add(port)
+    if not out:
+        raise ValueError(
+            "http_filter ports is empty: list the filtered ports or omit it"
+        )
+    return frozenset(out)
