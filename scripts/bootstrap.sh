@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install what tether's build, demo and tests need on a Debian machine (run as root).
+# Idempotent and quick when everything is present: apt runs only for missing packages.
+set -euo pipefail
+PKGS=(build-essential python3-venv python3-dev iproute2 nftables libnftables1 dnsmasq-base
+      postgresql golang-go golang-github-lib-pq-dev gdb curl procps util-linux)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "bootstrap: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

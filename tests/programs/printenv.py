@@ -1,0 +1,3 @@
+import os, sys
+for name in sys.argv[1:]:
+    print(f"{name}={os.environ.get(name, '<unset>')}")
