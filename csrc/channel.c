@@ -58,9 +58,21 @@ static int write_all(int fd, const uint8_t *p, size_t n) {
     return 0;
 }
 
-static int read_all(int fd, uint8_t *p, size_t n) {
+/* Read exactly n bytes.  Descriptors that arrive (SCM_RIGHTS rides on the first byte of a
+ * frame) are stored in *fd_out when it is free, else closed: a reply never leaks one. */
+static int read_all_fd(int fd, uint8_t *p, size_t n, int *fd_out) {
     while (n) {
-        ssize_t r = recv(fd, p, n, 0);
+        union {
+            char buf[CMSG_SPACE(sizeof(int) * 4)];
+            struct cmsghdr align;
+        } ctl;
+        struct iovec iov = {p, n};
+        struct msghdr mh = {0};
+        mh.msg_iov = &iov;
+        mh.msg_iovlen = 1;
+        mh.msg_control = ctl.buf;
+        mh.msg_controllen = sizeof ctl.buf;
+        ssize_t r = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
         if (r == 0) {
             errno = ECONNRESET;
             return -1;
@@ -69,11 +81,25 @@ static int read_all(int fd, uint8_t *p, size_t n) {
             if (errno == EINTR) continue;
             return -1;
         }
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+            size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            for (size_t i = 0; i < count; i++) {
+                int got;
+                memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof got);
+                if (fd_out && *fd_out < 0)
+                    *fd_out = got;
+                else
+                    raw_close(got);
+            }
+        }
         p += r;
         n -= (size_t)r;
     }
     return 0;
 }
+
+static int read_all(int fd, uint8_t *p, size_t n) { return read_all_fd(fd, p, n, NULL); }
 
 static int send_frame(int fd, const uint8_t *body, size_t len) {
     uint8_t hdr[4] = {(uint8_t)(len >> 24), (uint8_t)(len >> 16), (uint8_t)(len >> 8),
@@ -83,9 +109,9 @@ static int send_frame(int fd, const uint8_t *body, size_t len) {
 }
 
 /* Read one frame into buf; frames larger than cap are drained and reported as EMSGSIZE. */
-static long recv_frame(int fd, uint8_t *buf, size_t cap) {
+static long recv_frame_fd(int fd, uint8_t *buf, size_t cap, int *fd_out) {
     uint8_t hdr[4];
-    if (read_all(fd, hdr, 4)) return -1;
+    if (read_all_fd(fd, hdr, 4, fd_out)) return -1;
     size_t len = ((size_t)hdr[0] << 24) | ((size_t)hdr[1] << 16) | ((size_t)hdr[2] << 8) | hdr[3];
     if (len > TETHER_MAX_FRAME) {
         errno = EPROTO;
@@ -104,6 +130,13 @@ static long recv_frame(int fd, uint8_t *buf, size_t cap) {
     }
     if (read_all(fd, buf, len)) return -1;
     return (long)len;
+}
+
+static long recv_frame(int fd, uint8_t *buf, size_t cap) {
+    int extra = -1;
+    long n = recv_frame_fd(fd, buf, cap, &extra);
+    if (extra >= 0) raw_close(extra);
+    return n;
 }
 
 static int connect_locked(void) {
@@ -142,12 +175,24 @@ static int connect_locked(void) {
 }
 
 long tl_channel_call(const uint8_t *req, size_t req_len, uint8_t *reply, size_t reply_cap) {
+    return tl_channel_call_fd(req, req_len, reply, reply_cap, NULL);
+}
+
+long tl_channel_call_fd(const uint8_t *req, size_t req_len, uint8_t *reply, size_t reply_cap,
+                        int *fd_out) {
     long n = -1;
     int saved;
+    if (fd_out) *fd_out = -1;
     tl_in_layer++;
     pthread_mutex_lock(&chan_lock);
     if (connect_locked() == 0) {
-        if (send_frame(chan_fd, req, req_len) == 0) n = recv_frame(chan_fd, reply, reply_cap);
+        if (send_frame(chan_fd, req, req_len) == 0) {
+            n = recv_frame_fd(chan_fd, reply, reply_cap, fd_out);
+            if (n < 0 && fd_out && *fd_out >= 0) {
+                raw_close(*fd_out);
+                *fd_out = -1;
+            }
+        }
         if (n < 0 && errno != EMSGSIZE) {
             /* The orchestrator is gone or the stream is out of step: drop the session so
              * the next call fails fast instead of reading a stale reply. */

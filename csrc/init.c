@@ -57,24 +57,36 @@ static int name_in_list(const char *name, const char *list) {
     return 0;
 }
 
-static void parse_config(const char *cfg) {
-    /* "skip=gdb,lldb;..." : unknown keys are ignored so an older layer can run under a
-     * newer orchestrator. */
-    const char *p = cfg;
+const char *tl_config_value(const char *key, size_t *len) {
+    /* Unknown keys are ignored, so an older layer can run under a newer orchestrator. */
+    const char *p = strchr(tl_cfg.config_var, '=');
+    size_t kl = strlen(key);
+    if (!p) return NULL;
+    p++;
     while (*p) {
         const char *e = strchr(p, ';');
         size_t l = e ? (size_t)(e - p) : strlen(p);
-        if (l > 5 && strncmp(p, "skip=", 5) == 0 && l - 5 < sizeof tl_cfg.skip) {
-            memcpy(tl_cfg.skip, p + 5, l - 5);
-            tl_cfg.skip[l - 5] = '\0';
+        if (l > kl && strncmp(p, key, kl) == 0 && p[kl] == '=') {
+            *len = l - kl - 1;
+            return p + kl + 1;
         }
         if (!e) break;
         p = e + 1;
     }
+    return NULL;
+}
+
+static void parse_config(void) {
+    size_t l;
+    const char *v = tl_config_value("skip", &l);
+    if (v && l < sizeof tl_cfg.skip) {
+        memcpy(tl_cfg.skip, v, l);
+        tl_cfg.skip[l] = '\0';
+    }
 }
 
 static void do_init(void) {
-    char value[1024];
+    char value[sizeof tl_cfg.config_var];
     tl_in_layer++;
     copy_var(tl_cfg.sock_path, sizeof tl_cfg.sock_path, "TETHER_LAYER_SOCK");
     copy_var(tl_cfg.so_path, sizeof tl_cfg.so_path, "TETHER_LAYER_SO");
@@ -90,7 +102,7 @@ static void do_init(void) {
         fmt_var(tl_cfg.preload, sizeof tl_cfg.preload, "LD_PRELOAD", value);
         copy_var(value, sizeof value, "TETHER_LAYER_CONFIG");
         fmt_var(tl_cfg.config_var, sizeof tl_cfg.config_var, "TETHER_LAYER_CONFIG", value);
-        parse_config(value);
+        parse_config();
         tl_cfg.env_fallback = getenv("TETHER_ENV_APPLIED") == NULL;
         if (tl_cfg.skip[0] && name_in_list(program_invocation_short_name, tl_cfg.skip))
             tl_cfg.passthrough = 1;

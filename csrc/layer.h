@@ -37,12 +37,16 @@ struct tl_config {
     char preload[1024];    /* LD_PRELOAD=... as given to the first process */
     char sock_var[160];    /* TETHER_LAYER_SOCK=... */
     char so_var[560];      /* TETHER_LAYER_SO=... */
-    char config_var[1024]; /* TETHER_LAYER_CONFIG=... */
+    char config_var[8192]; /* TETHER_LAYER_CONFIG=... */
     char skip[512];        /* comma separated program names */
 };
 extern struct tl_config tl_cfg TL_HIDDEN;
 
 TL_HIDDEN void tl_init(void);
+/* The value of `key` in TETHER_LAYER_CONFIG ("k=v;k=v"): a pointer into the config with its
+ * length in *len (not NUL-terminated), or NULL when absent.  Features parse their own keys
+ * once, at their own first use. */
+TL_HIDDEN const char *tl_config_value(const char *key, size_t *len);
 TL_HIDDEN void *tl_real(const char *name);
 #define TL_REAL(name)                                                                \
     static __typeof__(name) *real_##name;                                            \
@@ -57,6 +61,10 @@ TL_HIDDEN int tl_channel_evict(int fd);
  * body length written to `reply`, or -1 (errno set) when there is no session. */
 TL_HIDDEN long tl_channel_call(const uint8_t *req, size_t req_len, uint8_t *reply,
                                size_t reply_cap);
+/* The same, for replies that carry a descriptor (SCM_RIGHTS): *fd_out receives it (close-
+ * on-exec) or -1.  The caller owns it. */
+TL_HIDDEN long tl_channel_call_fd(const uint8_t *req, size_t req_len, uint8_t *reply,
+                                  size_t reply_cap, int *fd_out);
 TL_HIDDEN uint32_t tl_channel_next_id(void);
 TL_HIDDEN void tl_channel_after_fork_child(void);
 

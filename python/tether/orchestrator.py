@@ -22,6 +22,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +31,8 @@ from typing import Any
 from . import protocol
 from .config import Config
 from .environment import compute_env
-from .link import Handler, Link, LinkClosed, RemoteError
+from .features import feature_classes
+from .link import Handler, Link, LinkClosed, RemoteError, serve_unix
 from .protocol import Message
 from .targets import Target, TargetError
 
@@ -66,9 +68,10 @@ class Orchestrator:
     child_env: dict[str, str] = field(default_factory=dict)
     agent: Link | None = None
     _sock_dir: str | None = None
-    _server: asyncio.AbstractServer | None = None
+    _server: asyncio.Task[None] | None = None
     _session_numbers: int = 0
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    features: list[Any] = field(default_factory=list)
 
     @property
     def socket_path(self) -> str:
@@ -82,7 +85,7 @@ class Orchestrator:
         secret = secrets.token_hex(16)
         log_level = os.environ.get("TETHER_LOG", "info")
         conn = await self.target.start_agent(secret, log_level)
-        self.agent = Link(conn.reader, conn.writer, name="agent-link")
+        self.agent = Link(conn.sock, name="agent-link")
         self._tasks.append(asyncio.create_task(self.agent.serve()))
         timeout = float(self.config.agent.startup_timeout)
         try:
@@ -93,6 +96,9 @@ class Orchestrator:
             reason = await self._agent_failure_reason(exc)
             raise TargetError(f"the agent did not start in {self.target.describe()}: {reason}")
         log.info("agent ready in %s (%s)", self.target.describe(), hello["agent"])
+        self.features = [cls(self) for cls in feature_classes()]
+        for feature in self.features:
+            self.layer_handlers.update(getattr(feature, "layer_handlers", dict)())
 
         remote_env: dict[str, str] = {}
         if self.config.feature.env.enabled:
@@ -104,9 +110,13 @@ class Orchestrator:
 
         self._sock_dir = tempfile.mkdtemp(prefix="tether-")
         os.chmod(self._sock_dir, 0o700)
-        self._server = await asyncio.start_unix_server(self._on_layer, path=self.socket_path)
+        self._server = await serve_unix(self.socket_path, self._on_layer)
         os.chmod(self.socket_path, 0o600)
 
+        for feature in self.features:
+            start = getattr(feature, "start", None)
+            if start is not None:
+                await start()
         env = dict(self.child_env)
         env.update(self.layer_variables())
         return env
@@ -128,7 +138,13 @@ class Orchestrator:
         skip = list(self.config.skip_processes)
         if self.config.skip_build_tools:
             skip += BUILD_TOOLS.split(",") + list(self.config.skip_extra_build_tools)
-        return "skip=" + ",".join(dict.fromkeys(s for s in skip if s and "," not in s))
+        entries = {"skip": ",".join(dict.fromkeys(s for s in skip if s and "," not in s))}
+        for feature in self.features:
+            entries.update(getattr(feature, "layer_config", dict)())
+        for key, value in entries.items():
+            if any(c in key + value for c in ";="):
+                raise ValueError(f"layer config entry {key!r} contains ';' or '='")
+        return ";".join(f"{k}={v}" for k, v in entries.items())
 
     def layer_variables(self) -> dict[str, str]:
         preload = self.local_env.get("LD_PRELOAD", "")
@@ -141,8 +157,8 @@ class Orchestrator:
         }
 
     # ---- layer sessions ----
-    async def _on_layer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        link = Link(reader, writer, {"hello": self._hello}, name="layer")
+    async def _on_layer(self, sock: socket.socket) -> None:
+        link = Link(sock, {"hello": self._hello}, name="layer")
         await link.serve()
         session: LayerSession | None = link.state.get("session")
         if session is not None:
@@ -176,6 +192,10 @@ class Orchestrator:
         waits[asyncio.create_task(self.agent.closed.wait())] = (
             lambda _: f"lost the agent ({self.agent.close_reason if self.agent else '?'})"
         )
+        for feature in self.features:
+            watch = getattr(feature, "watch", None)
+            if watch is not None:
+                waits[asyncio.create_task(watch())] = lambda r: str(r)
         done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
@@ -183,8 +203,15 @@ class Orchestrator:
         return waits[first](first.result())
 
     async def stop(self) -> None:
+        for feature in reversed(self.features):
+            stop = getattr(feature, "stop", None)
+            if stop is not None:
+                try:
+                    await stop()
+                except Exception:
+                    log.exception("stopping %s failed", type(feature).__module__)
         if self._server is not None:
-            self._server.close()
+            self._server.cancel()
         if self.agent is not None:
             self.agent.close("session ended")
         await self.target.stop_agent()

@@ -69,21 +69,18 @@ async def run(args: argparse.Namespace, secret: str) -> int:
     ctx = AgentContext(target_pid=args.target_pid, secret=secret)
     if args.fd is not None:
         sock = socket.socket(fileno=args.fd)
-        reader, writer = await asyncio.open_connection(sock=sock)
-        reason = await serve_connection(ctx, reader, writer)
+        reason = await serve_connection(ctx, sock)
         log.info("orchestrator gone (%s); agent exiting", reason)
         return 0
     host, _, port = args.listen.rpartition(":")
-    done = asyncio.Event()
-
-    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        reason = await serve_connection(ctx, reader, writer)
-        log.info("orchestrator gone (%s)", reason)
-
-    server = await asyncio.start_server(on_client, host or "0.0.0.0", int(port))
-    async with server:
-        await done.wait()
-    return 0
+    loop = asyncio.get_running_loop()
+    server = socket.create_server((host or "0.0.0.0", int(port)), reuse_port=False)
+    server.setblocking(False)
+    log.info("listening on %s", args.listen)
+    while True:  # one orchestrator at a time; the secret decides who gets served
+        conn, peer = await loop.sock_accept(server)
+        reason = await serve_connection(ctx, conn)
+        log.info("orchestrator %s gone (%s)", peer, reason)
 
 
 def main(argv: list[str] | None = None) -> int:

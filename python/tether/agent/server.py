@@ -8,10 +8,10 @@ modules add handlers to ``HANDLERS``.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +63,27 @@ async def _ping(link: Link, msg: Message) -> Message:
 HANDLERS: dict[str, Handler] = {"agent_env": _agent_env, "ping": _ping}
 
 
+def all_handlers() -> dict[str, Handler]:
+    """This module's handlers plus those of every agent feature module.
+
+    A feature module in this package exposes ``HANDLERS`` (message type -> handler);
+    per-link clean-up goes in ``link.state["cleanups"]`` (callables run when the
+    orchestrator goes away).
+    """
+    import importlib
+    import pkgutil
+
+    from .. import agent as package
+
+    handlers = dict(HANDLERS)
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if info.name in {"server", "__main__"}:
+            continue
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        handlers.update(getattr(module, "HANDLERS", {}))
+    return handlers
+
+
 async def _authenticate(link: Link, msg: Message) -> Message:
     ctx: AgentContext = link.state["ctx"]
     if msg.get("v") != protocol.VERSION:
@@ -71,18 +92,17 @@ async def _authenticate(link: Link, msg: Message) -> Message:
         log.warning("rejected a client with a wrong session secret")
         link.close("bad secret")
         return {"t": "error", "code": "auth", "message": "bad session secret"}
-    link.handlers = dict(HANDLERS)
+    link.handlers = all_handlers()
     log.info("orchestrator authenticated")
     return {"t": "auth_ok", "agent": f"tether-agent/{os.getpid()}", "target_pid": ctx.target_pid}
 
 
-async def serve_connection(ctx: AgentContext, reader: asyncio.StreamReader,
-                           writer: asyncio.StreamWriter) -> str:
+async def serve_connection(ctx: AgentContext, sock: socket.socket) -> str:
     """Serve one orchestrator until it goes away; return why the link closed."""
-    link = Link(reader, writer, {"auth": _authenticate}, name="agent")
+    link = Link(sock, {"auth": _authenticate}, name="agent")
     link.state["ctx"] = ctx
     await link.serve()
-    for cleanup in list(ctx.extras.get("cleanups", [])):
+    for cleanup in list(link.state.get("cleanups", [])):
         try:
             cleanup()
         except Exception:

@@ -6,7 +6,7 @@ Every target gives the orchestrator the same thing: an authenticated link to an 
 
 from __future__ import annotations
 
-import asyncio
+import socket
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,8 +17,7 @@ class TargetError(Exception):
 
 @dataclass
 class AgentConnection:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    sock: socket.socket
     description: str
 
 

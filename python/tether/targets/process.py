@@ -79,8 +79,7 @@ class ProcessTarget:
         theirs.close()
         assert self._agent.stderr is not None
         self._stderr_task = asyncio.create_task(self._pump_stderr(self._agent.stderr))
-        reader, writer = await asyncio.open_connection(sock=ours)
-        return AgentConnection(reader, writer, f"tether-agent pid {self._agent.pid} in {self.describe()}")
+        return AgentConnection(ours, f"tether-agent pid {self._agent.pid} in {self.describe()}")
 
     async def agent_failure(self) -> str:
         """Wait for the agent to exit; return the reason it gave."""
