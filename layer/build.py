@@ -40,9 +40,10 @@ def generate_protocol_header(out_dir: Path) -> Path:
 
 
 def api_cdef() -> str:
-    """The layer's test entry points as cffi cdef source (comments stripped)."""
+    """The layer's test entry points (every layer/*_api.h) as cffi cdef source."""
     lines = []
-    for line in API_HEADER.read_text().splitlines():
+    text = "\n".join(p.read_text() for p in sorted(HERE.glob("*_api.h")))
+    for line in text.splitlines():
         line = line.split("/*")[0] if "/*" in line and "*/" in line else line
         stripped = line.strip()
         if stripped.startswith(("/*", "*", "//")) or not stripped:
