@@ -1,4 +1,4 @@
-"""Test harness: pods as network namespaces (see :mod:`harness.pods`)."""
+"""Test harness: pods as network namespaces (tether.testbed)."""
 
 from .pods import Pod, PodError, PodFactory, cleanup_stale, make_pod
 
