@@ -208,9 +208,10 @@ static char *scan_environ(const char *name) {
     return NULL;
 }
 
-TL_EXPORT char *getenv(const char *name) {
-    static char *(*real_getenv)(const char *);
-    static __thread int resolving;
+static char *(*real_getenv)(const char *);
+
+__attribute__((noinline)) static char *getenv_slow(const char *name) {
+    static __thread int resolving __attribute__((tls_model("initial-exec")));
     if (!real_getenv) {
         if (resolving) return scan_environ(name); /* dlsym asked for a variable */
         resolving = 1;
@@ -225,4 +226,11 @@ TL_EXPORT char *getenv(const char *name) {
     tl_in_layer--;
     TL_ERRNO_RESTORE;
     return v;
+}
+
+TL_EXPORT char *getenv(const char *name) {
+    /* The common case is a tail call into libc: programs call getenv in hot loops. */
+    if (__builtin_expect(real_getenv != NULL && !tl_cfg.env_fallback, 1))
+        return real_getenv(name);
+    return getenv_slow(name);
 }

@@ -16,7 +16,7 @@
 
 #include "layer.h"
 
-__thread int tl_in_layer;
+__thread int tl_in_layer __attribute__((tls_model("initial-exec")));
 struct tl_config tl_cfg;
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;

@@ -21,7 +21,7 @@
 /* Per-thread "inside the layer" flag: a hook entered while set goes straight to libc,
  * so the layer's own calls (connect of its channel, close of a stale fd, getenv from
  * inside libc) never loop back into policy. */
-extern __thread int tl_in_layer TL_HIDDEN;
+extern __thread int tl_in_layer TL_HIDDEN __attribute__((tls_model("initial-exec")));
 
 /* Saves errno on entry, restores on exit unless the hook sets a new one. */
 #define TL_ERRNO_SAVE int tl_saved_errno_ = errno

@@ -27,12 +27,10 @@ import ipaddress
 import json
 import os
 import re
-import tomllib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias, cast
 
-import yaml
 
 IncomingMode: TypeAlias = Literal["mirror", "steal", "off"]
 FsMode: TypeAlias = Literal["read", "write", "local", "localwithoverrides"]
@@ -1212,6 +1210,8 @@ def parse_config(data: Mapping[str, Any]) -> LoadedConfig:
 def _decode(path: str, text: str) -> Any:
     ext = os.path.splitext(path)[1].lower()
     if ext in (".yaml", ".yml"):
+        import yaml  # only for YAML files: ~25 ms of every start-up otherwise
+
         try:
             return yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -1224,6 +1224,8 @@ def _decode(path: str, text: str) -> Any:
                 [f"{path}: invalid YAML{where}: {problem}"], source=path
             ) from None
     if ext == ".toml":
+        import tomllib
+
         try:
             return tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Iterator, Mapping
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -24,7 +24,8 @@ _SPEC_NAME = "protocol.json"
 
 
 def _load_spec() -> dict[str, Any]:
-    data = resources.files("tether").joinpath(_SPEC_NAME).read_text()
+    # A plain file next to this module (importlib.resources costs ~15 ms of start-up).
+    data = (Path(__file__).resolve().parent / _SPEC_NAME).read_text()
     spec: dict[str, Any] = json.loads(data)
     return spec
 
