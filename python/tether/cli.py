@@ -205,6 +205,14 @@ def layer_path() -> str:
     return path
 
 
+@main.command("demo")
+def demo() -> None:
+    """Walk through tether on a throw-away local staging (root; no cluster needed)."""
+    from .demo.__main__ import main as demo_main
+
+    raise SystemExit(demo_main())
+
+
 @main.command("verify-config")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--print", "print_effective", is_flag=True,
