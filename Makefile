@@ -12,6 +12,7 @@ $(STAMP): setup.py $(wildcard csrc/*.c csrc/*.h layer/*) scripts/bootstrap.sh
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -r requirements-dev.txt
 	$(VPY) -m pip install -q --no-build-isolation -e .
+	PYTHONDONTWRITEBYTECODE= $(VPY) -m compileall -q python >/dev/null
 	touch $(STAMP)
 
 install: $(STAMP)
