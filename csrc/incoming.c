@@ -1,0 +1,497 @@
+/* Incoming traffic (feature.network.incoming): the program listens, tether brings it the
+ * target's traffic on that port.
+ *
+ * bind()   TCP sockets of the program that would serve a target port (any address, a
+ *          non-loopback one, or loopback unless ignore_localhost) bind locally for real:
+ *          on the same port if it is free, else on listen_ports' port or an ephemeral one.
+ *          The socket is remembered (fd + inode, so a reused number is never mistaken).
+ * listen() after the real listen, one round trip "in_listen": the orchestrator subscribes
+ *          the target port (mirror or steal) and answers when traffic can flow.
+ * accept() connections the orchestrator makes to the listener come from loopback; one
+ *          round trip "in_peer" (keyed by the orchestrator's local port) returns the real
+ *          remote peer, which accept reports instead of 127.0.0.1.
+ * getsockname() reports the port the program asked for, not the one it really got.
+ *
+ * Decisions come from TETHER_LAYER_CONFIG (see features/incoming.py layer_config):
+ *   in_mode=mirror|steal  (absent or off: nothing here does anything)
+ *   in_ports=P,P          only these target ports (absent: all)
+ *   in_ignore=P,P         never these
+ *   in_map=L:R,L:R        port_mapping: local port L serves target port R
+ *   in_listen=R:L,R:L     listen_ports: target port R is served by a local listen on L
+ *   in_ignore_lo=1        loopback binds stay local */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "incoming_api.h"
+#include "layer.h"
+
+#define IN_MAX_PORTS 64
+#define IN_MAX_SOCKS 128
+
+struct port_pair {
+    uint16_t a, b;
+};
+
+static struct {
+    int enabled;
+    int ignore_lo;
+    int n_ports, n_ignore, n_map, n_listen;
+    int ports_set;
+    uint16_t ports[IN_MAX_PORTS];
+    uint16_t ignore[IN_MAX_PORTS];
+    struct port_pair map[IN_MAX_PORTS];    /* local -> remote */
+    struct port_pair listen[IN_MAX_PORTS]; /* remote -> local */
+} in_cfg;
+
+struct in_sock {
+    int used;
+    int fd;
+    ino_t ino;
+    uint16_t want_port;   /* what the program asked for (getsockname reports it) */
+    uint16_t remote_port; /* the target port it serves */
+    uint16_t local_port;  /* what it really got */
+    int subscribed;
+};
+
+static struct in_sock socks[IN_MAX_SOCKS];
+static pthread_mutex_t socks_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t in_once = PTHREAD_ONCE_INIT;
+
+static int parse_u16(const char **p, const char *end, uint16_t *out) {
+    unsigned long v = 0;
+    int digits = 0;
+    while (*p < end && **p >= '0' && **p <= '9') {
+        v = v * 10 + (unsigned long)(**p - '0');
+        if (v > 65535) return -1;
+        (*p)++;
+        digits++;
+    }
+    if (!digits) return -1;
+    *out = (uint16_t)v;
+    return 0;
+}
+
+static int parse_list(const char *key, uint16_t *out) {
+    size_t len;
+    const char *v = tl_config_value(key, &len);
+    int n = 0;
+    if (!v) return -1;
+    const char *p = v, *end = v + len;
+    while (p < end && n < IN_MAX_PORTS) {
+        if (parse_u16(&p, end, &out[n]) == 0) n++;
+        while (p < end && *p != ',') p++;
+        if (p < end) p++;
+    }
+    return n;
+}
+
+static int parse_pairs(const char *key, struct port_pair *out) {
+    size_t len;
+    const char *v = tl_config_value(key, &len);
+    int n = 0;
+    if (!v) return 0;
+    const char *p = v, *end = v + len;
+    while (p < end && n < IN_MAX_PORTS) {
+        if (parse_u16(&p, end, &out[n].a) == 0 && p < end && *p == ':') {
+            p++;
+            if (parse_u16(&p, end, &out[n].b) == 0) n++;
+        }
+        while (p < end && *p != ',') p++;
+        if (p < end) p++;
+    }
+    return n;
+}
+
+static void in_parse(void) {
+    size_t len;
+    const char *mode = tl_config_value("in_mode", &len);
+    in_cfg.enabled = mode && ((len == 6 && memcmp(mode, "mirror", 6) == 0) ||
+                              (len == 5 && memcmp(mode, "steal", 5) == 0));
+    const char *lo = tl_config_value("in_ignore_lo", &len);
+    in_cfg.ignore_lo = lo && len == 1 && lo[0] == '1';
+    int n = parse_list("in_ports", in_cfg.ports);
+    in_cfg.ports_set = n >= 0;
+    in_cfg.n_ports = n > 0 ? n : 0;
+    n = parse_list("in_ignore", in_cfg.ignore);
+    in_cfg.n_ignore = n > 0 ? n : 0;
+    in_cfg.n_map = parse_pairs("in_map", in_cfg.map);
+    in_cfg.n_listen = parse_pairs("in_listen", in_cfg.listen);
+}
+
+static void in_init(void) {
+    tl_init();
+    pthread_once(&in_once, in_parse);
+}
+
+static int in_active(void) {
+    if (tl_in_layer || !tl_cfg.active || tl_cfg.passthrough) return 0;
+    in_init();
+    return in_cfg.enabled;
+}
+
+static int in_list(const uint16_t *list, int n, uint16_t port) {
+    for (int i = 0; i < n; i++)
+        if (list[i] == port) return 1;
+    return 0;
+}
+
+/* The target port a bind of `port` serves (0: stays local), and where to bind locally. */
+static uint16_t decide(uint16_t port, int loopback, uint16_t *local_port) {
+    uint16_t remote = port;
+    *local_port = port;
+    if (port == 0 || (loopback && in_cfg.ignore_lo)) return 0;
+    for (int i = 0; i < in_cfg.n_map; i++)
+        if (in_cfg.map[i].a == port) remote = in_cfg.map[i].b;
+    if (in_cfg.ports_set && !in_list(in_cfg.ports, in_cfg.n_ports, remote)) return 0;
+    if (in_list(in_cfg.ignore, in_cfg.n_ignore, remote)) return 0;
+    for (int i = 0; i < in_cfg.n_listen; i++)
+        if (in_cfg.listen[i].a == remote) *local_port = in_cfg.listen[i].b;
+    return remote;
+}
+
+TL_EXPORT long tl_incoming_decide(long port, int loopback, long *local_port) {
+    uint16_t lp;
+    in_init();
+    if (port <= 0 || port > 65535) return 0;
+    uint16_t r = decide((uint16_t)port, loopback, &lp);
+    *local_port = lp;
+    return r;
+}
+
+static int is_loopback(const struct sockaddr *sa) {
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr)) return 1;
+        if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) return in6->sin6_addr.s6_addr[12] == 127;
+    }
+    return 0;
+}
+
+static uint16_t sa_port(const struct sockaddr *sa) {
+    if (sa->sa_family == AF_INET) return ntohs(((const struct sockaddr_in *)sa)->sin_port);
+    return ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+}
+
+static void sa_set_port(struct sockaddr *sa, uint16_t port) {
+    if (sa->sa_family == AF_INET)
+        ((struct sockaddr_in *)sa)->sin_port = htons(port);
+    else
+        ((struct sockaddr_in6 *)sa)->sin6_port = htons(port);
+}
+
+static ino_t fd_ino(int fd) {
+    struct stat st;
+    if (fstat(fd, &st)) return 0;
+    return st.st_ino;
+}
+
+/* The entry for fd, if it is the very socket we recorded.  Caller holds socks_lock. */
+static struct in_sock *find_locked(int fd, ino_t ino) {
+    for (int i = 0; i < IN_MAX_SOCKS; i++)
+        if (socks[i].used && socks[i].fd == fd) {
+            if (socks[i].ino == ino) return &socks[i];
+            socks[i].used = 0; /* the number was reused: forget the stale entry */
+        }
+    return NULL;
+}
+
+static int lookup(int fd, struct in_sock *out) {
+    ino_t ino = fd_ino(fd);
+    int found = 0;
+    if (!ino) return 0;
+    pthread_mutex_lock(&socks_lock);
+    struct in_sock *s = find_locked(fd, ino);
+    if (s) {
+        *out = *s;
+        found = 1;
+    }
+    pthread_mutex_unlock(&socks_lock);
+    return found;
+}
+
+static void record(int fd, uint16_t want, uint16_t remote, uint16_t local) {
+    ino_t ino = fd_ino(fd);
+    if (!ino) return;
+    pthread_mutex_lock(&socks_lock);
+    struct in_sock *s = find_locked(fd, ino);
+    for (int i = 0; !s && i < IN_MAX_SOCKS; i++)
+        if (!socks[i].used) s = &socks[i];
+    if (s) {
+        s->used = 1;
+        s->fd = fd;
+        s->ino = ino;
+        s->want_port = want;
+        s->remote_port = remote;
+        s->local_port = local;
+        s->subscribed = 0;
+    }
+    pthread_mutex_unlock(&socks_lock);
+}
+
+static void mark_subscribed(int fd) {
+    ino_t ino = fd_ino(fd);
+    pthread_mutex_lock(&socks_lock);
+    struct in_sock *s = find_locked(fd, ino);
+    if (s) s->subscribed = 1;
+    pthread_mutex_unlock(&socks_lock);
+}
+
+TL_EXPORT int bind(int fd, const struct sockaddr *addr, socklen_t len) {
+    TL_REAL(bind);
+    TL_ERRNO_SAVE;
+    if (!addr || !in_active()) return real_bind(fd, addr, len);
+    if (!((addr->sa_family == AF_INET && len >= sizeof(struct sockaddr_in)) ||
+          (addr->sa_family == AF_INET6 && len >= sizeof(struct sockaddr_in6))))
+        return real_bind(fd, addr, len);
+    int type = 0;
+    socklen_t tl = sizeof type;
+    tl_in_layer++;
+    int r = getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl);
+    tl_in_layer--;
+    if (r || type != SOCK_STREAM) {
+        TL_ERRNO_RESTORE;
+        return real_bind(fd, addr, len);
+    }
+    uint16_t want = sa_port(addr), local;
+    uint16_t remote = decide(want, is_loopback(addr), &local);
+    if (!remote) {
+        TL_ERRNO_RESTORE;
+        return real_bind(fd, addr, len);
+    }
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    memcpy(&ss, addr, len < sizeof ss ? len : sizeof ss);
+    sa_set_port((struct sockaddr *)&ss, local);
+    int rc = real_bind(fd, (struct sockaddr *)&ss, len);
+    if (rc && errno == EADDRINUSE) {
+        /* The port is taken on this machine: serve the target's port from another one;
+         * getsockname keeps reporting the requested port. */
+        sa_set_port((struct sockaddr *)&ss, 0);
+        rc = real_bind(fd, (struct sockaddr *)&ss, len);
+    }
+    if (rc) return rc;
+    struct sockaddr_storage got;
+    socklen_t gl = sizeof got;
+    TL_REAL(getsockname);
+    if (real_getsockname(fd, (struct sockaddr *)&got, &gl) == 0) local = sa_port((struct sockaddr *)&got);
+    tl_in_layer++;
+    record(fd, want, remote, local);
+    tl_in_layer--;
+    TL_ERRNO_RESTORE;
+    return 0;
+}
+
+TL_EXPORT long tl_encode_in_listen(unsigned char *buf, unsigned long cap, unsigned long id,
+                                   long port, long local_port, const char *addr,
+                                   long family) {
+    mp_w w;
+    mp_w_init(&w, buf, cap);
+    mp_map(&w, 6);
+    mp_cstr(&w, "t");
+    mp_cstr(&w, "in_listen");
+    mp_cstr(&w, "id");
+    mp_int(&w, (int64_t)id);
+    mp_cstr(&w, "port");
+    mp_int(&w, port);
+    mp_cstr(&w, "local_port");
+    mp_int(&w, local_port);
+    mp_cstr(&w, "addr");
+    mp_cstr(&w, addr);
+    mp_cstr(&w, "family");
+    mp_int(&w, family);
+    return w.err ? -1 : (long)w.len;
+}
+
+TL_EXPORT long tl_encode_in_peer(unsigned char *buf, unsigned long cap, unsigned long id,
+                                 long port, long listen_port) {
+    mp_w w;
+    mp_w_init(&w, buf, cap);
+    mp_map(&w, 4);
+    mp_cstr(&w, "t");
+    mp_cstr(&w, "in_peer");
+    mp_cstr(&w, "id");
+    mp_int(&w, (int64_t)id);
+    mp_cstr(&w, "port");
+    mp_int(&w, port);
+    mp_cstr(&w, "listen_port");
+    mp_int(&w, listen_port);
+    return w.err ? -1 : (long)w.len;
+}
+
+static int reply_is(const unsigned char *buf, unsigned long len, const char *type) {
+    mp_r r;
+    const char *s;
+    uint32_t n;
+    mp_r_init(&r, buf, len);
+    if (mp_r_find(&r, "t") || mp_r_str(&r, &s, &n)) return 0;
+    return mp_str_eq(s, n, type);
+}
+
+TL_EXPORT long tl_decode_in_peer_reply(const unsigned char *buf, unsigned long len,
+                                       unsigned long *id, char *addr, unsigned long addr_cap,
+                                       long *port) {
+    mp_r r;
+    int64_t v;
+    const char *s;
+    uint32_t n;
+    if (!reply_is(buf, len, "in_peer_reply")) return -1;
+    mp_r_init(&r, buf, len);
+    if (mp_r_find(&r, "id") || mp_r_int(&r, &v)) return -1;
+    *id = (unsigned long)v;
+    mp_r_init(&r, buf, len);
+    if (mp_r_find(&r, "addr")) return -1;
+    if (mp_r_is_nil(&r)) return 0;
+    if (mp_r_str(&r, &s, &n) || n + 1 > addr_cap) return -1;
+    memcpy(addr, s, n);
+    addr[n] = '\0';
+    mp_r_init(&r, buf, len);
+    if (mp_r_find(&r, "port") || mp_r_int(&r, &v) || v < 0 || v > 65535) return -1;
+    *port = (long)v;
+    return 1;
+}
+
+TL_EXPORT int listen(int fd, int backlog) {
+    TL_REAL(listen);
+    int rc = real_listen(fd, backlog);
+    if (rc || !in_active()) return rc;
+    TL_ERRNO_SAVE;
+    struct in_sock s;
+    tl_in_layer++;
+    int known = lookup(fd, &s);
+    tl_in_layer--;
+    if (!known || s.subscribed) {
+        TL_ERRNO_RESTORE;
+        return rc;
+    }
+    struct sockaddr_storage got;
+    socklen_t gl = sizeof got;
+    char text[INET6_ADDRSTRLEN] = "";
+    TL_REAL(getsockname);
+    if (real_getsockname(fd, (struct sockaddr *)&got, &gl) == 0) {
+        if (got.ss_family == AF_INET)
+            inet_ntop(AF_INET, &((struct sockaddr_in *)&got)->sin_addr, text, sizeof text);
+        else
+            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&got)->sin6_addr, text, sizeof text);
+    }
+    uint8_t req[256], reply[512];
+    long n = tl_encode_in_listen(req, sizeof req, tl_channel_next_id(), s.remote_port,
+                                 s.local_port, text, got.ss_family == AF_INET6 ? 6 : 4);
+    /* The orchestrator answers once traffic can flow (or says why it cannot, in its log:
+     * the program's own listen still succeeds, locally). */
+    if (n > 0 && tl_channel_call(req, (size_t)n, reply, sizeof reply) > 0) {
+        tl_in_layer++;
+        mark_subscribed(fd);
+        tl_in_layer--;
+    }
+    TL_ERRNO_RESTORE;
+    return rc;
+}
+
+/* accept() on a subscribed listener: replace a loopback peer that is the orchestrator's
+ * relay with the remote client it stands for. */
+static void fix_peer(int lfd, int cfd, struct sockaddr *addr, socklen_t *alen) {
+    if (cfd < 0 || !addr || !alen || !in_active()) return;
+    TL_ERRNO_SAVE;
+    struct in_sock s;
+    tl_in_layer++;
+    int known = lookup(lfd, &s);
+    tl_in_layer--;
+    if (!known || !s.subscribed) return;
+    /* The kernel may have truncated the address; ask for the full one. */
+    struct sockaddr_storage peer;
+    socklen_t pl = sizeof peer;
+    tl_in_layer++;
+    int r = getpeername(cfd, (struct sockaddr *)&peer, &pl);
+    tl_in_layer--;
+    if (r || !is_loopback((struct sockaddr *)&peer)) {
+        TL_ERRNO_RESTORE;
+        return;
+    }
+    uint8_t req[128], reply[256];
+    char text[INET6_ADDRSTRLEN + 1];
+    unsigned long id;
+    long port;
+    long n = tl_encode_in_peer(req, sizeof req, tl_channel_next_id(),
+                               sa_port((struct sockaddr *)&peer), s.local_port);
+    if (n <= 0 || (n = tl_channel_call(req, (size_t)n, reply, sizeof reply)) <= 0 ||
+        tl_decode_in_peer_reply(reply, (unsigned long)n, &id, text, sizeof text, &port) != 1) {
+        TL_ERRNO_RESTORE;
+        return;
+    }
+    struct sockaddr_storage out;
+    socklen_t ol;
+    memset(&out, 0, sizeof out);
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET, text, &a4) == 1) {
+        if (peer.ss_family == AF_INET6) { /* dual-stack listener: v4-mapped */
+            struct sockaddr_in6 *o = (struct sockaddr_in6 *)&out;
+            o->sin6_family = AF_INET6;
+            o->sin6_port = htons((uint16_t)port);
+            o->sin6_addr.s6_addr[10] = 0xff;
+            o->sin6_addr.s6_addr[11] = 0xff;
+            memcpy(&o->sin6_addr.s6_addr[12], &a4, 4);
+            ol = sizeof *o;
+        } else {
+            struct sockaddr_in *o = (struct sockaddr_in *)&out;
+            o->sin_family = AF_INET;
+            o->sin_port = htons((uint16_t)port);
+            o->sin_addr = a4;
+            ol = sizeof *o;
+        }
+    } else if (inet_pton(AF_INET6, text, &a6) == 1 && peer.ss_family == AF_INET6) {
+        struct sockaddr_in6 *o = (struct sockaddr_in6 *)&out;
+        o->sin6_family = AF_INET6;
+        o->sin6_port = htons((uint16_t)port);
+        o->sin6_addr = a6;
+        ol = sizeof *o;
+    } else {
+        TL_ERRNO_RESTORE;
+        return;
+    }
+    memcpy(addr, &out, ol < *alen ? ol : *alen);
+    *alen = ol;
+    TL_ERRNO_RESTORE;
+}
+
+TL_EXPORT int accept(int fd, struct sockaddr *addr, socklen_t *alen) {
+    TL_REAL(accept);
+    int c = real_accept(fd, addr, alen);
+    fix_peer(fd, c, addr, alen);
+    return c;
+}
+
+TL_EXPORT int accept4(int fd, struct sockaddr *addr, socklen_t *alen, int flags) {
+    TL_REAL(accept4);
+    int c = real_accept4(fd, addr, alen, flags);
+    fix_peer(fd, c, addr, alen);
+    return c;
+}
+
+TL_EXPORT int getsockname(int fd, struct sockaddr *addr, socklen_t *alen) {
+    TL_REAL(getsockname);
+    int rc = real_getsockname(fd, addr, alen);
+    if (rc || !addr || !alen || !in_active()) return rc;
+    if (!(addr->sa_family == AF_INET || addr->sa_family == AF_INET6)) return rc;
+    if (*alen < (addr->sa_family == AF_INET ? sizeof(struct sockaddr_in)
+                                            : sizeof(struct sockaddr_in6)))
+        return rc;
+    TL_ERRNO_SAVE;
+    struct in_sock s;
+    tl_in_layer++;
+    int known = lookup(fd, &s);
+    tl_in_layer--;
+    if (known && s.want_port && s.want_port != s.local_port) sa_set_port(addr, s.want_port);
+    TL_ERRNO_RESTORE;
+    return rc;
+}

@@ -1,0 +1,48 @@
+"""Messages of the incoming feature (mirror / steal), imported by every side.
+
+layer -> orchestrator
+  in_listen {port, local_port, addr, family}  the program listens: subscribe target `port`,
+                                              served locally at addr:local_port
+  in_peer {port, listen_port}                 who is the relay connection from local `port`?
+orchestrator -> agent
+  in_subscribe {port, mode, filter?}          mirror or steal `port` (filter: mirrord's
+                                              http_filter mapping, with optional ports)
+  in_unsubscribe {port}
+agent -> orchestrator
+  in_conn {conn, port, peer_addr, peer_port, mode} + one descriptor: a stream to deliver to
+                                              the program's listener (the client socket
+                                              itself, or one end of a socketpair the agent
+                                              feeds); reply ok=False when nobody listens
+                                              any more (the agent then serves it from the
+                                              target, and the orchestrator unsubscribes)
+  in_lost {port, reason}                      a subscription broke inside the agent
+"""
+
+from __future__ import annotations
+
+from . import protocol
+
+_I, _S, _B, _M = int, str, bool, dict
+
+
+def _register() -> None:
+    if "in_listen" in protocol.SCHEMAS:
+        return
+    reg = protocol.register
+    reg("in_listen", {"id": (_I, True), "port": (_I, True), "local_port": (_I, True),
+                      "addr": (_S, True), "family": (_I, True)})
+    reg("in_listen_reply", {"id": (_I, True), "ok": (_B, True)})
+    reg("in_peer", {"id": (_I, True), "port": (_I, True), "listen_port": (_I, False)})
+    reg("in_peer_reply", {"id": (_I, True), "addr": (object, True), "port": (_I, True)})
+    reg("in_subscribe", {"id": (_I, True), "port": (_I, True), "mode": (_S, True),
+                         "filter": (object, False)})
+    reg("in_subscribe_reply", {"id": (_I, True), "port": (_I, True)})
+    reg("in_unsubscribe", {"id": (_I, True), "port": (_I, True)})
+    reg("in_unsubscribe_reply", {"id": (_I, True)})
+    reg("in_conn", {"id": (_I, True), "conn": (_I, True), "port": (_I, True),
+                    "peer_addr": (_S, True), "peer_port": (_I, True), "mode": (_S, True)})
+    reg("in_conn_reply", {"id": (_I, True), "ok": (_B, True)})
+    reg("in_lost", {"port": (_I, True), "reason": (_S, True)})
+
+
+_register()
