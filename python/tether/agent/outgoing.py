@@ -1,0 +1,107 @@
+"""Outgoing connections made inside the target's network namespace.
+
+``agent_connect`` creates a TCP or UDP socket here (the agent lives in the target's netns),
+starts a non-blocking connect and either hands the socket itself back (``relay`` false: the
+reply carries it, SCM_RIGHTS; the kernel finishes the connect in the program, so
+EINPROGRESS, SO_ERROR, refused and unreachable are the pod's own) or keeps it and relays
+its bytes over the link (``relay`` true: links that cannot carry descriptors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno as E
+import itertools
+import logging
+import socket
+from typing import Any
+
+from ..link import Link, RemoteError
+from ..messages_outgoing import RelayStream, RelayTable
+from ..protocol import Message
+
+log = logging.getLogger("tether.agent.outgoing")
+
+_conn_ids = itertools.count(1)
+CONNECT_TIMEOUT = 75.0  # about what Linux gives a SYN with default tcp_syn_retries
+
+
+def sockaddr(family: int, addr: bytes, port: int) -> tuple[Any, ...]:
+    host = socket.inet_ntop(family, addr)
+    return (host, port) if family == socket.AF_INET else (host, port, 0, 0)
+
+
+def make_socket(msg: Message) -> tuple[socket.socket, int]:
+    """A non-blocking socket with the connect started: (socket, 0 | EINPROGRESS | errno)."""
+    family = int(msg["family"])
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        raise RemoteError("bad_request", f"address family {family} is not IPv4/IPv6",
+                          errno=E.EAFNOSUPPORT)
+    kind = socket.SOCK_STREAM if msg["proto"] == "tcp" else socket.SOCK_DGRAM
+    sock = socket.socket(family, kind | socket.SOCK_NONBLOCK)
+    if not msg.get("connect", True):
+        return sock, 0
+    try:
+        result = sock.connect_ex(sockaddr(family, msg["addr"], int(msg["port"])))
+    except OSError as exc:
+        result = exc.errno or E.EINVAL
+    return sock, result
+
+
+def _local(sock: socket.socket) -> list[Any]:
+    try:
+        name = sock.getsockname()
+    except OSError:
+        return []
+    return [socket.inet_pton(sock.family, name[0]), name[1]]
+
+
+async def _agent_connect(link: Link, msg: Message) -> Message:
+    sock, result = make_socket(msg)
+    if not msg.get("relay"):
+        if result not in (0, E.EINPROGRESS):
+            sock.close()
+            return {"t": "agent_connect_reply", "result": result}
+        local = _local(sock)
+        return {"t": "agent_connect_reply", "result": result, "local": local,
+                "_fds": [sock.detach()]}
+    # Relay: finish the connect here, then stream.
+    loop = asyncio.get_running_loop()
+    if result == E.EINPROGRESS:
+        done = loop.create_future()
+        loop.add_writer(sock.fileno(), lambda: done.done() or done.set_result(None))
+        try:
+            await asyncio.wait_for(done, CONNECT_TIMEOUT)
+            result = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except asyncio.TimeoutError:
+            result = E.ETIMEDOUT
+        finally:
+            loop.remove_writer(sock.fileno())
+    if result != 0:
+        sock.close()
+        return {"t": "agent_connect_reply", "result": result}
+    table: RelayTable | None = link.state.get("out_relays")
+    if table is None:
+        table = link.state["out_relays"] = _table(link)
+    conn = next(_conn_ids)
+    local = _local(sock)
+    table.add(RelayStream(conn, sock, link.send, table.done, started=False))
+    return {"t": "agent_connect_reply", "result": 0, "local": local, "conn": conn}
+
+
+def _table(link: Link) -> RelayTable:
+    table = RelayTable()
+    link.state.setdefault("cleanups", []).append(table.abort_all)
+    return table
+
+
+async def _relay_message(link: Link, msg: Message) -> None:
+    # No await before dispatch: frames of one connection are handled in arrival order.
+    table: RelayTable | None = link.state.get("out_relays")
+    if table is not None:
+        table.on_message(msg)
+    return None
+
+
+HANDLERS: dict[str, Any] = {"agent_connect": _agent_connect, "out_data": _relay_message,
+                            "out_ack": _relay_message, "out_close": _relay_message}

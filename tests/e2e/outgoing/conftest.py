@@ -1,0 +1,47 @@
+"""Scene fixtures for outgoing traffic: a pod (the target) and, behind it, a namespace only
+the pod can reach, running servers; names that only the pod's /etc/hosts knows."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+PROGS = HERE / "programs"
+ECHO_PORT = 7000
+CLOSED_PORT = 7001
+
+
+def add_hosts(pod, entries):
+    """Append /etc/hosts entries of a pod (the behind address is known only after it exists).
+    The pod's /etc/hosts is a bind mount of /etc/netns/<name>/hosts: write in place."""
+    with open(f"/etc/netns/{pod.name}/hosts", "a") as f:
+        f.writelines(f"{ip}\t{name}\n" for name, ip in entries.items())
+
+
+@pytest.fixture
+def scene(pod_factory):
+    """(front pod, behind pod): 'db.internal' resolves to the behind pod, only in front."""
+    front = pod_factory("front", env={"POD": "front"})
+    behind = pod_factory("db", behind=front,
+                         cmd=[sys.executable, str(PROGS / "echo_server.py"), str(ECHO_PORT)])
+    add_hosts(front, {"db.internal": behind.ip})
+    behind.wait_port(ECHO_PORT)
+    return front, behind
+
+
+@pytest.fixture(scope="session")
+def out_programs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("outprogs")
+    exe = out / "client"
+    subprocess.run(["gcc", "-O1", "-Wall", "-o", str(exe), str(PROGS / "client.c")], check=True)
+    return {
+        "c": [str(exe)],
+        "c-nb": [str(exe)],
+        "py": [sys.executable, str(PROGS / "client.py")],
+        "py-async": [sys.executable, str(PROGS / "client.py")],
+        "node": ["node", str(PROGS / "client.js")],
+    }
