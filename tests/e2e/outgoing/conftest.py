@@ -45,3 +45,43 @@ def out_programs(tmp_path_factory):
         "py-async": [sys.executable, str(PROGS / "client.py")],
         "node": ["node", str(PROGS / "client.js")],
     }
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@pytest.fixture(scope="session")
+def pg_scene(tmp_path_factory):
+    """(front pod, behind pod) with PostgreSQL 15 in the behind pod, reachable from the
+    front pod as 'pg.internal' only; trust auth, started once per session."""
+    import os
+    import pwd
+    import shutil
+    import tempfile
+
+    from harness.pods import PodFactory
+
+    if not (PG_BIN / "postgres").exists():
+        pytest.skip("PostgreSQL 15 is not installed")
+    pg = pwd.getpwnam("postgres")
+    base = Path(tempfile.mkdtemp(prefix="tether-pg-"))
+    os.chmod(base, 0o755)
+    os.chown(base, pg.pw_uid, pg.pw_gid)
+    data = base / "data"
+    data.mkdir()
+    os.chown(data, pg.pw_uid, pg.pw_gid)
+    subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "initdb"), "-D", str(data),
+                    "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"],
+                   check=True, capture_output=True)
+    with open(data / "pg_hba.conf", "a") as f:
+        f.write("host all all 0.0.0.0/0 trust\nhost all all ::/0 trust\n")
+    with PodFactory() as factory:
+        front = factory("pgfront")
+        behind = factory("pg", behind=front, cmd=[
+            "/usr/sbin/runuser", "-u", "postgres", "--", str(PG_BIN / "postgres"),
+            "-D", str(data), "-k", str(base), "-h", "*", "-p", "5432",
+            "-c", "fsync=off", "-c", "listen_addresses=*"])
+        add_hosts(front, {"pg.internal": behind.ip})
+        behind.wait_port(5432, timeout=30)
+        yield front, behind
+    shutil.rmtree(base, ignore_errors=True)

@@ -3,8 +3,13 @@ only the pod can reach, whatever it is written in; a closed port is refused as i
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
+
 import pytest
 ECHO_PORT, CLOSED_PORT = 7000, 7001
+PROGS = os.path.join(os.path.dirname(__file__), "programs")
 
 pytestmark = pytest.mark.e2e
 
@@ -42,3 +47,86 @@ def test_closed_port_is_refused_like_in_the_pod(tether, out_programs, scene, lan
     res = tether(front, out_programs[lang] + ["db.internal", str(CLOSED_PORT)] + LANGS[lang])
     assert res.returncode == 3, res.stdout + res.stderr
     assert "ECONNREFUSED" in res.stdout
+
+
+@pytest.mark.parametrize("lang", ["c", "py-async", "node"])
+def test_relay_path_works_the_same(tether, out_programs, scene, lang):
+    """The path Kubernetes targets take (no descriptor passing), forced for a process."""
+    front, behind = scene
+    env = {"TETHER_OUTGOING_RELAY": "1"}
+    res = tether(front, out_programs[lang] + ["db.internal", str(ECHO_PORT)] + LANGS[lang],
+                 env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"peer: {behind.ip}" in res.stdout.splitlines()
+    assert "pong ping from" in res.stdout
+    res = tether(front, out_programs[lang] + ["db.internal", str(CLOSED_PORT)] + LANGS[lang],
+                 env=env)
+    assert "ECONNREFUSED" in res.stdout, res.stdout + res.stderr
+
+
+def test_udp_sendto_and_connected_udp_go_through_the_pod(tether, scene):
+    front, behind = scene
+    res = tether(front, ["python3", os.path.join(PROGS, "udp_client.py"), "db.internal",
+                         str(ECHO_PORT)])
+    assert res.returncode == 0, res.stderr
+    # The server answers to the address it saw: the pod's, not this machine's.
+    assert res.stdout.splitlines() == [
+        f"unconnected: pong one to {behind.gateway} from {behind.ip}",
+        f"connected: pong two to {behind.gateway} peer {behind.ip}",
+    ]
+
+
+def _local_line_server():
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def run():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            with c:
+                c.sendall(c.recv(100).replace(b"ping", b"local-ping"))
+
+    threading.Thread(target=run, daemon=True).start()
+    return srv
+
+
+def test_loopback_stays_on_this_machine(tether, out_programs, scene):
+    front, _ = scene
+    srv = _local_line_server()
+    try:
+        res = tether(front, out_programs["c"] + ["127.0.0.1", str(srv.getsockname()[1])])
+    finally:
+        srv.close()
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "reply: local-ping" in res.stdout
+
+
+@pytest.mark.parametrize("outgoing, reaches", [
+    ({"filter": {"remote": ["198.19.0.0/16:7000"]}}, True),
+    ({"filter": {"remote": ["tcp://db.internal"]}}, True),
+    ({"filter": {"remote": ["udp://db.internal"]}}, False),
+    ({"filter": {"local": ["db.internal:7000"]}}, False),
+    ({"filter": {"local": ["10.0.0.0/8"]}}, True),
+    ({"tcp": False}, False),
+])
+def test_outgoing_filter_decides_what_leaves_through_the_pod(
+        tether, out_programs, scene, outgoing, reaches):
+    front, _ = scene
+    res = tether(front, out_programs["c"] + ["db.internal", str(ECHO_PORT)],
+                 config={"feature": {"network": {"outgoing": outgoing}}})
+    assert (res.returncode == 0) == reaches, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("dns, resolves", [
+    (False, False),
+    ({"filter": {"local": ["db.internal"]}}, False),
+    ({"filter": {"remote": ["db.internal"]}}, True),
+    ({"filter": {"remote": ["other.internal"]}}, False),
+])
+def test_dns_config_decides_who_resolves(tether, out_programs, scene, dns, resolves):
+    front, behind = scene
+    res = tether(front, out_programs["py"] + ["db.internal", str(ECHO_PORT)],
+                 config={"feature": {"network": {"dns": dns}}})
+    assert (f"resolved: {behind.ip}" in res.stdout) == resolves, res.stdout + res.stderr

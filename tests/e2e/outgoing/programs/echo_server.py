@@ -14,6 +14,15 @@ def serve(c):
             f.flush()
 
 
+def udp():
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("", int(sys.argv[1])))
+    while True:
+        data, peer = u.recvfrom(2048)
+        u.sendto(b"pong " + data.strip() + f" to {peer[0]}".encode(), peer)
+
+
+threading.Thread(target=udp, daemon=True).start()
 while True:
     conn, _ = srv.accept()
     threading.Thread(target=serve, args=(conn,), daemon=True).start()
