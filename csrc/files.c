@@ -179,7 +179,7 @@ static void add_item(struct fs_table *t, struct fs_list *l, const char *s) {
 
 /* ------------------------------------------------------------------ paths */
 
-int tl_fs_normalize(const char *cwd, const char *path, char *out, unsigned long cap) {
+TL_EXPORT int tl_fs_normalize(const char *cwd, const char *path, char *out, unsigned long cap) {
     char buf[PATH_MAX * 2];
     size_t n = 0;
     int w;
@@ -264,7 +264,7 @@ static int decide(const struct fs_table *t, const char *s, int write) {
     }
 }
 
-int tl_fs_decide_with(const char *config, const char *cwd, const char *path, int write) {
+TL_EXPORT int tl_fs_decide_with(const char *config, const char *cwd, const char *path, int write) {
     static struct fs_table t; /* tests only: not reentrant */
     char norm[PATH_MAX];
     if (parse_table(&t, config)) {

@@ -87,8 +87,8 @@ def default_local(env: dict[str, str], cwd: str) -> tuple[list[str], list[str]]:
     for tmp in (env.get("TMPDIR", ""), tempfile.gettempdir()):
         if tmp.startswith("/") and tmp.rstrip("/"):
             prefixes.append(tmp.rstrip("/"))
-    prefixes.append(os.path.dirname(os.path.abspath(__file__ + "/..")))  # tether itself
-    trees = []
+    # tether's own installation (the layer is loaded from there)
+    trees = [os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))]
     if cwd.rstrip("/"):
         trees.append(cwd.rstrip("/"))
     for var in ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONHOME"):
@@ -261,6 +261,7 @@ class Feature:
     async def _agent(self, msg: Message) -> Message:
         request = {k: v for k, v in msg.items() if k not in ("id", "_fds", "fds")}
         request["path"] = self.mapped(msg["path"])
+        log.debug("%s %s", msg["t"], request["path"])
         assert self.orch.agent is not None
         return await self.orch.agent.call(request)
 
@@ -278,7 +279,6 @@ class Feature:
             for fd in fds:
                 os.close(fd)
             raise RemoteError("protocol", "the agent answered fs_open without a descriptor")
-        log.debug("remote open %s", msg["path"])
         return {"t": "fs_open_reply", "_fds": fds}
 
     # ---- relay: the agent's link cannot carry descriptors ----
