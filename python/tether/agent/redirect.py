@@ -165,7 +165,13 @@ class Redirector:
         exempt = f"meta mark != {bypass_mark:#x} "
         if skgid is not None:
             exempt += f"meta skgid != {int(skgid)} "
-        redirect = "fib daddr type local meta l4proto tcp redirect to :tcp dport map @redirects"
+        # Only connection openings (SYN without ACK): the first NAT rules in a namespace
+        # switch conntrack on, and conntrack then picks up established connections it
+        # never saw (nf_conntrack_tcp_loose) as "new" - without this match their next
+        # packet would be redirected to the agent and the target's in-flight keep-alive
+        # connections reset.
+        redirect = ("fib daddr type local meta l4proto tcp tcp flags & (syn | ack) == syn "
+                    "redirect to :tcp dport map @redirects")
         try:
             nft.run(
                 f"add table {t} {{ flags owner; }}\n"

@@ -1,0 +1,108 @@
+"""Reliability of a steal: whatever dies (the local program, the orchestrator, the agent;
+SIGKILL included), the target answers its own traffic again within 2 seconds and no
+redirect rule is left in its network namespace. Two sessions never break each other."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from incoming_support import (
+    LOCAL_ANSWER,
+    PORT,
+    TARGET_ANSWER,
+    curl,
+    nft_rules,
+    target_answers_within,
+)
+
+FILTER = {"mode": "steal", "http_filter": {"path_filter": r".*user=me\b.*"}}
+
+
+@pytest.mark.parametrize("victim", ["program", "orchestrator", "agent"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_target_recovers_within_2s_whatever_dies(target, session, victim, sig):
+    s = session(target, {"mode": "steal"})
+    assert curl(target, "/") == LOCAL_ANSWER
+    assert "tether" in nft_rules(target)
+    pid = {"program": lambda: s.proc.pid, "orchestrator": s.orchestrator_pid,
+           "agent": s.agent_pid}[victim]()
+    os.kill(pid, sig)
+    target_answers_within(target, 2)
+    deadline = time.monotonic() + 2
+    while "tether" in nft_rules(target) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "tether" not in nft_rules(target)
+    if victim != "orchestrator":
+        # A broken session says so and ends the program: never a silent half-session.
+        s.proc.wait(10)
+
+
+def test_filtered_steal_recovers_when_the_agent_is_killed(target, session):
+    s = session(target, FILTER)
+    assert curl(target, "/?user=me") == LOCAL_ANSWER
+    os.kill(s.agent_pid(), signal.SIGKILL)
+    target_answers_within(target, 2)
+    assert curl(target, "/?user=me") == TARGET_ANSWER
+    s.wait_for("lost the agent")
+    assert "tether" not in nft_rules(target)
+
+
+def test_program_that_stops_listening_gives_the_port_back(target, session):
+    # The program closes its listener but keeps running: the first connection it
+    # refuses makes tether give the port back, and that connection is served by the
+    # target instead of being dropped.
+    script = ("import socket, time\n"
+              "s = socket.create_server(('0.0.0.0', 8080))\n"
+              "print('listening', flush=True)\n"
+              "time.sleep(1.5); s.close(); print('closed', flush=True); time.sleep(30)\n")
+    s = session(target, {"mode": "steal"}, argv=["python3", "-c", script])
+    s.wait_for("closed")
+    assert curl(target, "/gone") == TARGET_ANSWER
+    s.wait_for("the target serves it again")
+    target_answers_within(target, 2)
+    deadline = time.monotonic() + 2
+    while "8080" in nft_rules(target) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "8080 :" not in nft_rules(target)
+
+
+def test_in_flight_requests_of_the_target_survive_start_and_stop(target, session):
+    # A keep-alive connection opened before the session keeps talking to the target
+    # through the session and after it: the redirect only ever takes connection openings
+    # (even when installing it switches conntrack on for the namespace).
+    import http.client
+
+    before = http.client.HTTPConnection(target.ip, PORT, timeout=5)
+    before.request("GET", "/before")
+    assert before.getresponse().read().decode() == TARGET_ANSWER
+    s = session(target, {"mode": "steal"})
+    before.request("GET", "/during")
+    assert before.getresponse().read().decode() == TARGET_ANSWER
+    assert curl(target, "/new") == LOCAL_ANSWER
+    s.stop()
+    before.request("GET", "/after")
+    assert before.getresponse().read().decode() == TARGET_ANSWER
+    before.close()
+
+
+def test_two_sessions_on_one_target_do_not_break_each_other(target, session):
+    a = session(target, FILTER)
+    b_script = ["python3", str(__import__("incoming_support").SILLY), "8080",
+                "This is developer B"]
+    b = session(target, {"mode": "steal",
+                         "http_filter": {"path_filter": r".*user=bob\b.*"}}, argv=b_script)
+    answers = {curl(target, "/?user=me"), curl(target, "/?user=bob"), curl(target, "/")}
+    # Whoever's redirect sees the connection first serves its matches; everything else
+    # still reaches the target, and neither session fails.
+    assert TARGET_ANSWER in answers
+    assert answers <= {LOCAL_ANSWER, TARGET_ANSWER, "This is developer B\n"}
+    assert a.proc.poll() is None and b.proc.poll() is None
+    b.stop()
+    assert curl(target, "/?user=me") == LOCAL_ANSWER
+    a.stop()
+    target_answers_within(target, 2)
+    assert "tether" not in nft_rules(target)
