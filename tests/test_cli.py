@@ -5,9 +5,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from e2e_support import tether_cmd
-
 import tether
+from e2e_support import tether_cmd
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import msgpack
 import pytest
-
 from tether import protocol
 from tether.protocol import FrameDecoder, ProtocolError
 

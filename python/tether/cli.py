@@ -98,7 +98,7 @@ def exec_command(config_file: str | None, target: str | None, target_namespace: 
     loaded = _load(config_file, target, target_namespace)
     config = loaded.config
     try:
-        tgt = resolve_target(config.target.path, config.target.namespace)
+        tgt = resolve_target(config.target.path, config.target.namespace, config)
         tgt.check()
     except TargetError as exc:
         raise click.ClickException(str(exc)) from None
@@ -229,7 +229,8 @@ def verify_config(file: str, print_effective: bool) -> None:
         from .config import dump_effective
 
         click.echo(json.dumps(dump_effective(loaded.config), indent=2))
-    click.echo(f"{file}: valid" + (f" ({len(loaded.warnings)} warnings)" if loaded.warnings else ""))
+    warned = f" ({len(loaded.warnings)} warnings)" if loaded.warnings else ""
+    click.echo(f"{file}: valid{warned}")
 
 
 if __name__ == "__main__":

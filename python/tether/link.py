@@ -299,7 +299,9 @@ class Link:
         self._close(reason)
 
 
-async def serve_unix(path: str, on_link: Callable[[socket.socket], Awaitable[None]]) -> asyncio.Task[None]:
+async def serve_unix(
+    path: str, on_link: Callable[[socket.socket], Awaitable[None]]
+) -> asyncio.Task[None]:
     """Accept connections on a Unix socket at ``path``; run ``on_link`` for each."""
     loop = asyncio.get_running_loop()
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

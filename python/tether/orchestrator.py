@@ -92,9 +92,10 @@ class Orchestrator:
             hello = await self._agent_call(
                 {"t": "auth", "v": protocol.VERSION, "secret": secret}, timeout
             )
-        except (LinkClosed, asyncio.TimeoutError) as exc:
+        except (TimeoutError, LinkClosed) as exc:
             reason = await self._agent_failure_reason(exc)
-            raise TargetError(f"the agent did not start in {self.target.describe()}: {reason}")
+            raise TargetError(
+                f"the agent did not start in {self.target.describe()}: {reason}") from None
         log.info("agent ready in %s (%s)", self.target.describe(), hello["agent"])
         self.features = [cls(self) for cls in feature_classes()]
         for feature in self.features:
@@ -126,7 +127,7 @@ class Orchestrator:
         if failure is not None:
             try:
                 return str(await asyncio.wait_for(failure(), 3))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         return str(exc) or type(exc).__name__
 

@@ -12,7 +12,6 @@ import time
 
 import msgpack
 import pytest
-
 from tether import protocol
 
 SECRET = "s3ss10n-secret"

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e_support import tether_cmd
 
 PROGRAMS = Path(__file__).resolve().parents[1] / "programs"
-from e2e_support import tether_cmd
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """The README's first command: the built-in demo must run to the end on a fresh machine."""
 
+import re
 import subprocess
 import sys
 
@@ -12,6 +13,8 @@ def test_demo_walkthrough_succeeds_and_leaves_nothing_behind():
     assert res.returncode == 0, res.stdout + res.stderr
     assert "This is a silly demo" in res.stdout
     assert "DEBUG DB Endpoint: silly-demo-db" in res.stdout
-    eventually_no_agents()
+    target = re.search(r"target: process/(\d+)", res.stdout)
+    assert target is not None
+    eventually_no_agents(int(target.group(1)))
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "silly-de" not in netns

@@ -121,7 +121,7 @@ def test_command_not_found_exits_127_and_leaves_nothing(tether, backend):
     res = tether(backend, ["/no/such/program"])
     assert res.returncode == 127
     assert "command not found" in res.stderr
-    eventually_no_agents()
+    eventually_no_agents(backend.pid)
 
 
 def test_target_exiting_mid_session_stops_the_program_with_a_message(pod_factory):
@@ -134,12 +134,13 @@ def test_target_exiting_mid_session_stops_the_program_with_a_message(pod_factory
     _, err = proc.communicate(timeout=15)
     assert proc.returncode != 0
     assert f"target process {target.pid} has exited" in err
-    eventually_no_agents()
+    eventually_no_agents(target.pid)
 
 
 def test_ctrl_c_reaches_the_program_and_the_session_ends_cleanly(backend):
     code = ("import signal,sys,time\n"
-            "signal.signal(signal.SIGINT, lambda *a: (print('got SIGINT', flush=True), sys.exit(7)))\n"
+            "def stop(*a):\n    print('got SIGINT', flush=True)\n    sys.exit(7)\n"
+            "signal.signal(signal.SIGINT, stop)\n"
             "print('ready', flush=True)\ntime.sleep(30)\n")
     proc = subprocess.Popen(tether_cmd() + ["exec", "-t", f"process/{backend.pid}", "--",
                                             "python3", "-c", code],
@@ -150,7 +151,7 @@ def test_ctrl_c_reaches_the_program_and_the_session_ends_cleanly(backend):
     out, _ = proc.communicate(timeout=15)
     assert "got SIGINT" in out
     assert proc.returncode == 7
-    eventually_no_agents()
+    eventually_no_agents(backend.pid)
 
 
 def test_missing_privileges_is_a_clear_error(backend, tmp_path):

@@ -6,9 +6,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cffi import FFI
-
 import tether
+from cffi import FFI
 
 LAYER_DIR = Path(__file__).resolve().parents[2] / "layer"
 

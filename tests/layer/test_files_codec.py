@@ -6,10 +6,16 @@ from __future__ import annotations
 import errno
 
 import pytest
-
 from tether import protocol
-from tether.features.files import (LOCAL_CONTAINS, LOCAL_SUFFIXES, REMOTE_READ_ONLY,
-                                   SYSTEM_LOCAL, UntranslatableRegex, encode_list, to_ere)
+from tether.features.files import (
+    LOCAL_CONTAINS,
+    LOCAL_SUFFIXES,
+    REMOTE_READ_ONLY,
+    SYSTEM_LOCAL,
+    UntranslatableRegex,
+    encode_list,
+    to_ere,
+)
 from tether.messages_files import STAT_FIELDS
 
 LOCAL, REMOTE, ENOENT, EROFS = 0, 1, 2, 3

@@ -87,10 +87,12 @@ def all_handlers() -> dict[str, Handler]:
 async def _authenticate(link: Link, msg: Message) -> Message | None:
     ctx: AgentContext = link.state["ctx"]
     if msg.get("v") != protocol.VERSION:
-        raise RemoteError("version", f"agent speaks protocol {protocol.VERSION}, got {msg.get('v')}")
+        raise RemoteError(
+            "version", f"agent speaks protocol {protocol.VERSION}, got {msg.get('v')}")
     if not hmac.compare_digest(str(msg.get("secret", "")), ctx.secret):
         log.warning("rejected a client with a wrong session secret")
-        link.send({"t": "error", "id": msg["id"], "code": "auth", "message": "bad session secret"})
+        link.send({"t": "error", "id": msg["id"], "code": "auth",
+                   "message": "bad session secret"})
         link.close("bad secret")
         return None
     link.handlers = all_handlers()

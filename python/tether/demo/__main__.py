@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 from .. import testbed
+from .staging import APP, Staging, silly_demo
 
-APP = Path(__file__).resolve().parent / "app.py"
 LOCAL_MESSAGE = "This is a silly demo with tether"
 
 
@@ -39,34 +34,12 @@ def http_get(url: str) -> str:
         return resp.read().decode().strip()
 
 
-@contextmanager
-def staging() -> Iterator[testbed.Pod]:
-    """The staging namespace: the silly-demo backend pod with its DB credentials."""
-    env = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "PORT": "8080",
-        "DB_HOST": "silly-demo-db",
-        "DB_PORT": "5432",
-        "DB_USER": "silly",
-        "DB_PASSWORD": secrets.token_hex(8),
-        "DB_NAME": "main",
-    }
-    log = Path(tempfile.mkdtemp(prefix="tether-demo-")) / "silly-demo.log"
-    cmd = ["sh", "-c", f'exec "{sys.executable}" "{APP}" >"{log}" 2>&1']
-    try:
-        with testbed.make_pod("silly-demo", env=env, cmd=cmd) as pod:
-            pod.wait_port(8080, timeout=15)
-            yield pod
-    finally:
-        shutil.rmtree(log.parent, ignore_errors=True)
-
-
-def scene_environment(pod: testbed.Pod) -> None:
+def scene_environment(stage: Staging) -> None:
     say("Scene: the local app runs with the pod's environment")
-    show(f"$ tether exec --target process/{pod.pid} -- python3 app.py   (locally, port 18080)")
+    show(f"$ tether exec --target {stage.target} -- python3 app.py   (locally, port 18080)")
     env = dict(os.environ, MESSAGE=LOCAL_MESSAGE, PORT="18080")
     env.pop("DB_HOST", None)
-    proc = subprocess.Popen(tether_cmd() + ["exec", "-t", f"process/{pod.pid}", "--",
+    proc = subprocess.Popen(tether_cmd() + ["exec", "-t", stage.target, "--",
                                             sys.executable, str(APP)],
                             stderr=subprocess.PIPE, text=True, env=env)
     assert proc.stderr is not None
@@ -95,11 +68,13 @@ def main() -> int:
         return 1
     say("Building a throw-away staging (network namespaces, no cluster needed)")
     testbed.ensure_host_setup()
-    with staging() as pod:
-        show(f"pod silly-demo: {pod.ip}:8080, process {pod.pid} (target: process/{pod.pid})")
-        show(f"$ curl http://{pod.ip}:8080/")
-        show(http_get(f"http://{pod.ip}:8080/"))
-        scene_environment(pod)
+    with testbed.PodFactory() as factory, silly_demo(factory) as stage:
+        show(f"pod silly-demo: {stage.url}, app process {stage.app_pid} (target: {stage.target})")
+        show(f"database silly-demo-db: {stage.db.pod.ip if stage.db else '-'} "
+             "(reachable only from the pod)")
+        show(f"$ curl {stage.url}/")
+        show(http_get(f"{stage.url}/"))
+        scene_environment(stage)
     say("Done: the staging is gone, and so is every trace of tether")
     return 0
 

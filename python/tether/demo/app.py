@@ -12,7 +12,6 @@ Only the standard library and the psql client are used, so it runs anywhere.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

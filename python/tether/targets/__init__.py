@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 class TargetError(Exception):
@@ -35,7 +38,8 @@ class Target(Protocol):
     async def stop_agent(self) -> None: ...
 
 
-def resolve_target(path: str | None, namespace: str | None = None) -> Target:
+def resolve_target(path: str | None, namespace: str | None = None,
+                   config: Config | None = None) -> Target:
     from .process import ProcessTarget
 
     if not path:
@@ -47,13 +51,18 @@ def resolve_target(path: str | None, namespace: str | None = None) -> Target:
         try:
             pid = int(rest)
         except ValueError:
-            raise TargetError(f"target {path!r}: expected process/<pid> with a numeric pid") from None
+            raise TargetError(
+                f"target {path!r}: expected process/<pid> with a numeric pid") from None
         return ProcessTarget(pid)
     if kind in {"pod", "deployment", "statefulset", "replicaset", "job", "cronjob", "service",
-                "rollout", "targetless"}:
+                "rollout"}:
+        from .kubernetes import KubernetesTarget
+
+        return KubernetesTarget(path, namespace, config)
+    if kind == "targetless":
         raise TargetError(
-            f"target {path!r}: Kubernetes targets are not available in this build yet; "
-            "use process/<pid>"
+            "targetless sessions are not available in this build yet; name a target "
+            "(deployment/<name>, pod/<name>, process/<pid>, ...)"
         )
     raise TargetError(
         f"target {path!r}: unknown kind {kind!r} (expected process/<pid>, pod/<name>, "

@@ -114,6 +114,6 @@ class ProcessTarget:
         proc.terminate()
         try:
             await asyncio.wait_for(proc.wait(), 2)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()

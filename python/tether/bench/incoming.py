@@ -1,0 +1,168 @@
+"""Incoming traffic: what stealing, filtering and mirroring cost.
+
+- stolen requests (steal, no filter: the orchestrator relays the client socket the agent
+  handed over) vs the same requests sent straight to the local program;
+- stolen requests through the HTTP filter (the agent's router + the relay) vs straight to
+  the local program;
+- passed-through requests (filter does not match: the agent's router forwards them to the
+  application) vs straight to the target without any session;
+- the target's own latency with mirroring on vs off (goal <= 1.05: the sniffer is not in
+  the data path).
+
+One keep-alive connection, sequential requests (latency p50/p99 and requests/s), bounded
+loops; all traffic between the host and a test pod (198.18.0.0/15).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from . import BenchContext, figure
+
+SERVER = r'''
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = MSG
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+class S(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+MSG = (sys.argv[2] + "\n").encode()
+S(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
+'''
+
+PORT = 8080
+DIRECT_LOCAL_PORT = 18080
+N = 600
+WARMUP = 50
+
+
+def _measure(host: str, port: int, path: str, n: int = N) -> dict[str, float]:
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    for _ in range(WARMUP):
+        conn.request("GET", path)
+        conn.getresponse().read()
+    lat = []
+    t0 = time.perf_counter()
+    for _ in range(n):
+        s = time.perf_counter()
+        conn.request("GET", path)
+        conn.getresponse().read()
+        lat.append(time.perf_counter() - s)
+    total = time.perf_counter() - t0
+    conn.close()
+    lat.sort()
+    return {"p50": statistics.median(lat) * 1e3, "p99": lat[int(len(lat) * 0.99) - 1] * 1e3,
+            "rps": n / total}
+
+
+class _Session:
+    def __init__(self, ctx: BenchContext, pod: Any, incoming: dict[str, Any], server: str):
+        cfg = ctx.workdir / f"incoming-{time.monotonic_ns()}.json"
+        cfg.write_text(json.dumps({"feature": {"network": {"incoming": incoming}}}))
+        argv = ctx.tether_exec(pod, [sys.executable, server, str(PORT), "local"],
+                               args=["-f", str(cfg)])
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, start_new_session=True)
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        deadline = time.monotonic() + 20
+        while not any("port 8080 of the target" in line for line in self.lines):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("tether session did not start:\n" + "\n".join(self.lines))
+            time.sleep(0.02)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait()
+
+
+def _figures(what: str, t: dict[str, float], d: dict[str, float], goal: str | None = None,
+             note: str | None = None) -> list[dict[str, Any]]:
+    return [
+        figure(f"{what}: p50 latency", "ms", t["p50"], d["p50"], goal=goal, note=note),
+        figure(f"{what}: p99 latency", "ms", t["p99"], d["p99"]),
+        figure(f"{what}: requests/s", "req/s", t["rps"], d["rps"], better="higher"),
+    ]
+
+
+def run(ctx: BenchContext) -> list[dict[str, Any]]:
+    server = ctx.workdir / "incoming_server.py"
+    server.write_text(SERVER)
+    out: list[dict[str, Any]] = []
+    direct_local = subprocess.Popen([sys.executable, str(server), str(DIRECT_LOCAL_PORT),
+                                     "local"], start_new_session=True)
+    try:
+        with ctx.make_pod("benchin", cmd=[sys.executable, str(server), str(PORT),
+                                          "target"]) as pod:
+            pod.wait_port(PORT)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    _measure("127.0.0.1", DIRECT_LOCAL_PORT, "/", 1)
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            local = _measure("127.0.0.1", DIRECT_LOCAL_PORT, "/")
+            target_off = _measure(pod.ip, PORT, "/")
+
+            s = _Session(ctx, pod, {"mode": "steal"}, str(server))
+            try:
+                stolen = _measure(pod.ip, PORT, "/")
+            finally:
+                s.stop()
+            out += _figures("stolen (no filter) vs straight to the local program",
+                            stolen, local)
+
+            s = _Session(ctx, pod, {"mode": "steal",
+                                    "http_filter": {"path_filter": "user=me"}}, str(server))
+            try:
+                matched = _measure(pod.ip, PORT, "/?user=me")
+                passed = _measure(pod.ip, PORT, "/?user=other")
+            finally:
+                s.stop()
+            out += _figures("stolen through the HTTP filter vs straight to the local program",
+                            matched, local)
+            out += _figures("passed through (filter does not match) vs straight to the "
+                            "target", passed, target_off)
+
+            s = _Session(ctx, pod, {"mode": "mirror"}, str(server))
+            try:
+                mirrored = _measure(pod.ip, PORT, "/")
+            finally:
+                s.stop()
+            target_off2 = _measure(pod.ip, PORT, "/")
+            off = {k: min(target_off[k], target_off2[k]) if k != "rps" else
+                   max(target_off[k], target_off2[k]) for k in target_off}
+            out += _figures("target's own latency, mirroring on vs off", mirrored, off,
+                            goal="<= 1.05")
+    finally:
+        direct_local.terminate()
+        direct_local.wait()
+    return out

@@ -1,0 +1,129 @@
+"""The agent's Kubernetes objects: an ephemeral container, or a Job pinned to the node.
+
+Pure functions from (target pod, agent settings, session) to API bodies; no I/O here, so
+the shapes are tested without a cluster.  Both strategies make the agent listen on
+``127.0.0.1:<port>`` *inside the target pod's network namespace*, so the orchestrator
+always reaches it through the target pod's port-forward:
+
+* ephemeral: the container joins the pod's network namespace and, through
+  ``targetContainerName``, the app container's process namespace (the app is pid 1);
+* job: a pod on the target's node with ``hostPID`` finds the app container's process by
+  its container id (``/proc/*/cgroup``) and enters its network namespace.
+
+The session secret travels in the container's environment (``TETHER_AGENT_SECRET``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from .. import __version__
+from ..config import AgentConfig
+from .kube_resolve import PodRef
+
+DEFAULT_IMAGE = f"ghcr.io/tether-dev/tether-agent:{__version__}"
+CAPABILITIES = ("SYS_ADMIN", "SYS_PTRACE", "NET_ADMIN", "NET_RAW")
+LABELS = {"app.kubernetes.io/name": "tether-agent", "app.kubernetes.io/managed-by": "tether"}
+# Short of the user's own: small, so a crowded node still schedules it.
+DEFAULT_RESOURCES = {"requests": {"cpu": "10m", "memory": "32Mi"},
+                     "limits": {"cpu": "500m", "memory": "256Mi"}}
+DEFAULT_TOLERATIONS = [{"operator": "Exists"}]
+
+
+@dataclass(frozen=True)
+class AgentPlan:
+    name: str  # container name (ephemeral) or Job name
+    port: int
+    image: str
+
+
+def plan(agent: AgentConfig) -> AgentPlan:
+    suffix = secrets.token_hex(3)
+    return AgentPlan(name=f"tether-agent-{suffix}",
+                     port=40000 + secrets.randbelow(20000),
+                     image=agent.image or DEFAULT_IMAGE)
+
+
+def _capabilities(agent: AgentConfig) -> list[str]:
+    disabled = {c.upper().removeprefix("CAP_") for c in agent.disabled_capabilities}
+    return [c for c in CAPABILITIES if c not in disabled]
+
+
+def _idle_exit(agent: AgentConfig) -> str:
+    return str(max(1, int(agent.ttl)))
+
+
+def _env(secret: str, agent: AgentConfig) -> list[dict[str, str]]:
+    env = [{"name": "TETHER_AGENT_SECRET", "value": secret}]
+    if agent.json_log:
+        env.append({"name": "TETHER_LOG_JSON", "value": "1"})
+    return env
+
+
+def ephemeral_container(p: AgentPlan, target: PodRef, agent: AgentConfig, secret: str,
+                        log_level: str) -> dict[str, Any]:
+    """The body for ``PATCH pods/<name>/ephemeralcontainers`` (strategic merge)."""
+    container: dict[str, Any] = {
+        "name": p.name,
+        "image": p.image,
+        "imagePullPolicy": agent.image_pull_policy,
+        "command": ["tether-agent"],
+        "args": ["--listen", f"127.0.0.1:{p.port}", "--target-pid", "1",
+                 "--idle-exit", _idle_exit(agent), "--log-level", log_level],
+        "env": _env(secret, agent),
+        "targetContainerName": target.container,
+        "securityContext": {"privileged": bool(agent.privileged),
+                            "capabilities": {"add": _capabilities(agent)}},
+    }
+    return {"spec": {"ephemeralContainers": [container]}}
+
+
+def job(p: AgentPlan, target: PodRef, agent: AgentConfig, secret: str,
+        log_level: str) -> dict[str, Any]:
+    """A Job on the target's node whose agent enters the target container's netns."""
+    labels = {**LABELS, "tether.dev/target-pod": target.name[:63], **dict(agent.labels)}
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "hostPID": True,
+        "nodeName": target.node_name or None,
+        "tolerations": list(agent.tolerations) if agent.tolerations is not None
+        else DEFAULT_TOLERATIONS,
+        "containers": [{
+            "name": "agent",
+            "image": p.image,
+            "imagePullPolicy": agent.image_pull_policy,
+            "command": ["tether-agent"],
+            "args": ["--container-id", target.container_id, "--enter-netns",
+                     "--listen", f"127.0.0.1:{p.port}", "--idle-exit", _idle_exit(agent),
+                     "--log-level", log_level],
+            "env": _env(secret, agent),
+            "resources": dict(agent.resources) if agent.resources is not None
+            else DEFAULT_RESOURCES,
+            "securityContext": {"privileged": bool(agent.privileged),
+                                "capabilities": {"add": _capabilities(agent)}},
+        }],
+    }
+    if agent.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s} for s in agent.image_pull_secrets]
+    if agent.service_account:
+        pod_spec["serviceAccountName"] = agent.service_account
+    if agent.priority_class:
+        pod_spec["priorityClassName"] = agent.priority_class
+    if agent.node_selector:
+        pod_spec["nodeSelector"] = dict(agent.node_selector)
+    pod_spec = {k: v for k, v in pod_spec.items() if v is not None}
+    meta = {"name": p.name, "labels": labels, "annotations": dict(agent.annotations)}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            "backoffLimit": 0,
+            "ttlSecondsAfterFinished": int(agent.ttl),
+            "template": {"metadata": {"labels": labels,
+                                      "annotations": dict(agent.annotations)},
+                         "spec": pod_spec},
+        },
+    }

@@ -1,0 +1,177 @@
+"""The thin adapter between tether and the ``kubernetes`` client.
+
+Owns: loading the kubeconfig (``kubeconfig``, ``kube_context``, in-cluster as a fallback),
+the API objects tether reads and writes, and turning every ``ApiException`` into one
+``TargetError`` sentence that says what to do (not found, not ready, forbidden with the
+exact RBAC rule to add, the API server unreachable).  Nothing else in tether imports the
+``kubernetes`` package directly, so a client upgrade touches this file only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from . import TargetError
+
+log = logging.getLogger("tether")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One RBAC permission, as a user adds it to a Role."""
+
+    group: str
+    resource: str
+    verb: str
+
+    def yaml(self) -> str:
+        return (f'{{apiGroups: ["{self.group}"], resources: ["{self.resource}"], '
+                f'verbs: ["{self.verb}"]}}')
+
+
+def status_message(exc: Any) -> str:
+    """The ``message`` of the V1Status an API server sends with an error."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, bytes):
+        body = body.decode(errors="replace")
+    if isinstance(body, str) and body.strip().startswith("{"):
+        try:
+            return str(json.loads(body).get("message") or "").strip()
+        except ValueError:
+            pass
+    return str(getattr(exc, "reason", "") or exc).strip()
+
+
+class KubeApi:
+    """One API client per process (a forked orchestrator makes its own)."""
+
+    def __init__(self, kubeconfig: str | None = None, context: str | None = None,
+                 accept_invalid_certificates: bool | None = None) -> None:
+        self.kubeconfig = kubeconfig
+        self.context = context
+        self.accept_invalid_certificates = accept_invalid_certificates
+        self._client: Any = None
+        self._pid = 0
+        self.host = ""
+        self.default_namespace = "default"
+
+    # ---- client ----
+    def client(self) -> Any:
+        if self._client is not None and self._pid == os.getpid():
+            return self._client
+        from kubernetes import client as kclient
+        from kubernetes import config as kconfig
+
+        cfg = kclient.Configuration()
+        path = os.path.expanduser(self.kubeconfig) if self.kubeconfig else None
+        try:
+            kconfig.load_kube_config(config_file=path, context=self.context,
+                                     client_configuration=cfg, persist_config=False)
+            _, active = kconfig.list_kube_config_contexts(config_file=path)
+            if self.context:
+                contexts, _ = kconfig.list_kube_config_contexts(config_file=path)
+                active = next((c for c in contexts if c["name"] == self.context), active)
+            self.default_namespace = (active or {}).get("context", {}).get("namespace") or "default"
+        except (kconfig.ConfigException, FileNotFoundError, OSError) as exc:
+            if self.kubeconfig or self.context or "KUBERNETES_SERVICE_HOST" not in os.environ:
+                where = self.kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+                raise TargetError(
+                    f"cannot load the Kubernetes configuration from {where}: {exc}; set "
+                    "KUBECONFIG or `kubeconfig`/`kube_context` in the config file"
+                ) from None
+            kconfig.load_incluster_config(client_configuration=cfg)
+        if self.accept_invalid_certificates:
+            cfg.verify_ssl = False
+        self.host = cfg.host
+        self._client = kclient.ApiClient(cfg)
+        self._pid = os.getpid()
+        return self._client
+
+    def core(self) -> Any:
+        from kubernetes import client as kclient
+        return kclient.CoreV1Api(self.client())
+
+    def apps(self) -> Any:
+        from kubernetes import client as kclient
+        return kclient.AppsV1Api(self.client())
+
+    def batch(self) -> Any:
+        from kubernetes import client as kclient
+        return kclient.BatchV1Api(self.client())
+
+    def custom(self) -> Any:
+        from kubernetes import client as kclient
+        return kclient.CustomObjectsApi(self.client())
+
+    # ---- calls ----
+    def call(self, what: str, rule: Rule, namespace: str, fn: Callable[..., T], *args: Any,
+             **kw: Any) -> T:
+        """Call ``fn``; turn an API error into a TargetError about ``what``."""
+        from kubernetes.client.rest import ApiException
+
+        try:
+            return fn(*args, **kw)
+        except ApiException as exc:
+            raise self.error(what, rule, namespace, exc) from None
+        except OSError as exc:  # urllib3 wraps most, not all
+            raise TargetError(
+                f"cannot reach the Kubernetes API server at {self.host}: {exc}"
+            ) from None
+        except Exception as exc:
+            if type(exc).__module__.startswith("urllib3"):
+                raise TargetError(
+                    f"cannot reach the Kubernetes API server at {self.host}: "
+                    f"{getattr(exc, 'reason', exc)}; check the cluster and your kubeconfig"
+                ) from None
+            raise
+
+    def error(self, what: str, rule: Rule, namespace: str, exc: Any) -> TargetError:
+        status = int(getattr(exc, "status", 0) or 0)
+        msg = status_message(exc)
+        if status == 404:
+            return TargetError(f"{what} not found in namespace {namespace!r}: {msg}; list the "
+                               f"targets with `tether ls -n {namespace}`")
+        if status == 403:
+            return TargetError(
+                f"{what}: forbidden: {msg}; add this rule to your Role in namespace "
+                f"{namespace!r}: {rule.yaml()} (docs/kubernetes.md has a complete Role)"
+            )
+        if status == 401:
+            return TargetError(f"{what}: the API server at {self.host} rejected your "
+                               "credentials (401); refresh them (log in again) and retry")
+        if status == 0:
+            return TargetError(f"cannot reach the Kubernetes API server at {self.host}: {msg}")
+        return TargetError(f"{what}: the API server answered {status}: {msg}")
+
+    def sanitize(self, obj: Any) -> Any:
+        return self.client().sanitize_for_serialization(obj)
+
+
+def label_selector(selector: Any) -> str:
+    """A V1LabelSelector (model or dict) as the ``labelSelector`` query string."""
+    if selector is None:
+        return ""
+    if not isinstance(selector, dict):
+        selector = {"matchLabels": getattr(selector, "match_labels", None),
+                    "matchExpressions": [
+                        {"key": e.key, "operator": e.operator, "values": e.values}
+                        for e in (getattr(selector, "match_expressions", None) or [])]}
+    parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
+        if op == "In":
+            parts.append(f"{key} in ({','.join(values)})")
+        elif op == "NotIn":
+            parts.append(f"{key} notin ({','.join(values)})")
+        elif op == "Exists":
+            parts.append(key)
+        elif op == "DoesNotExist":
+            parts.append(f"!{key}")
+    return ",".join(parts)
