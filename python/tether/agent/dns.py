@@ -270,6 +270,7 @@ async def resolve(root: str, name: str, family: int, addrconfig: bool = False
     except OSError:
         conf = ResolvConf(nameservers=["127.0.0.1"])
     last_error = LookupError_(EAI_NONAME, f"{name}: name not known")
+    saw_nxdomain = False
     for cand in candidates(name, conf):
         addrs: list[tuple[int, bytes]] = []
         canon = cand
@@ -295,7 +296,11 @@ async def resolve(root: str, name: str, family: int, addrconfig: bool = False
         if addrs:
             return canon, addrs
         if nxdomain:
+            saw_nxdomain = True
             last_error = LookupError_(EAI_NONAME, f"{name}: name not known")
+    if saw_nxdomain and last_error.eai == EAI_FAIL:
+        # Like glibc: a refusal for one search candidate does not hide "no such name".
+        raise LookupError_(EAI_NONAME, f"{name}: name not known")
     raise last_error
 
 

@@ -8,6 +8,7 @@ import socket
 import threading
 
 import pytest
+
 ECHO_PORT, CLOSED_PORT = 7000, 7001
 PROGS = os.path.join(os.path.dirname(__file__), "programs")
 
@@ -31,7 +32,7 @@ def test_program_reaches_a_server_only_the_pod_can_reach_by_a_name_only_the_pod_
     lines = res.stdout.splitlines()
     assert f"resolved: {behind.ip}" in lines
     assert f"peer: {behind.ip}" in lines
-    assert any(line.startswith("reply:") and f"pong ping from" in line for line in lines), lines
+    assert any(line.startswith("reply:") and "pong ping from" in line for line in lines), lines
 
 
 def test_without_tether_the_name_and_the_server_are_out_of_reach(out_programs, scene):
@@ -130,3 +131,18 @@ def test_dns_config_decides_who_resolves(tether, out_programs, scene, dns, resol
     res = tether(front, out_programs["py"] + ["db.internal", str(ECHO_PORT)],
                  config={"feature": {"network": {"dns": dns}}})
     assert (f"resolved: {behind.ip}" in res.stdout) == resolves, res.stdout + res.stderr
+
+
+def test_short_name_resolves_with_the_pods_nameserver_and_search_domain(
+        tether, out_programs, pod_factory):
+    """The pod's resolv.conf names a cluster DNS (dnsmasq) and a search domain."""
+    ns = pod_factory("cdns", cmd=["dnsmasq", "-k", "--no-resolv", "--no-hosts", "--port=53",
+                                  "--listen-address=0.0.0.0", "--bind-interfaces",
+                                  "--host-record=api.team.svc.cluster.local,127.0.0.7",
+                                  "--local=/team.svc.cluster.local/", "--local=//"])
+    front = pod_factory("front", dns=ns.ip)
+    with open(f"/etc/netns/{front.name}/resolv.conf", "a") as f:
+        f.write("search team.svc.cluster.local svc.cluster.local\noptions ndots:5\n")
+    for lang in ("c", "py", "node"):
+        res = tether(front, out_programs[lang] + ["api", "1"])
+        assert "resolved: 127.0.0.7" in res.stdout.splitlines(), (lang, res.stdout, res.stderr)

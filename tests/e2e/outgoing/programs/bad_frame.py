@@ -10,6 +10,6 @@ s.sendall(sys.argv[2].encode() and bytes.fromhex(sys.argv[2]))
 s.settimeout(5)
 try:
     print("bad session:", "closed" if s.recv(100) == b"" else "answered")
-except (socket.timeout, ConnectionResetError) as e:
+except (TimeoutError, ConnectionResetError) as e:
     print("bad session:", "closed" if isinstance(e, ConnectionResetError) else "hang")
 print("resolved:", socket.gethostbyname(sys.argv[1]))
