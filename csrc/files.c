@@ -181,19 +181,20 @@ static void add_item(struct fs_table *t, struct fs_list *l, const char *s) {
 
 TL_EXPORT int tl_fs_normalize(const char *cwd, const char *path, char *out, unsigned long cap) {
     char buf[PATH_MAX * 2];
+    const char *src = path;
     size_t n = 0;
-    int w;
-    if (path[0] == '/')
-        w = snprintf(buf, sizeof buf, "%s", path);
-    else
-        w = snprintf(buf, sizeof buf, "%s/%s", cwd, path);
-    if (w < 0 || (size_t)w >= sizeof buf || cap < 2) return -1;
+    if (cap < 2) return -1;
+    if (path[0] != '/') {
+        int w = snprintf(buf, sizeof buf, "%s/%s", cwd, path);
+        if (w < 0 || (size_t)w >= sizeof buf) return -1;
+        src = buf;
+    }
     /* out is built component by component; ".." pops the last one. */
     out[n++] = '/';
-    for (char *p = buf; *p;) {
+    for (const char *p = src; *p;) {
         while (*p == '/') p++;
         if (!*p) break;
-        char *e = p;
+        const char *e = p;
         while (*e && *e != '/') e++;
         size_t l = (size_t)(e - p);
         if (l == 1 && p[0] == '.') {
@@ -219,8 +220,8 @@ static int under(const char *s, size_t sl, const char *p, size_t pl) {
 }
 
 static int in_list_prefix(const struct fs_list *l, const char *s, size_t sl) {
-    for (int i = 0; i < l->n; i++)
-        if (under(s, sl, l->item[i], l->len[i])) return 1;
+    for (int i = 0; i < l->n; i++) /* the second byte rules out most entries at once */
+        if (l->item[i][1] == s[1] && under(s, sl, l->item[i], l->len[i])) return 1;
     return 0;
 }
 
