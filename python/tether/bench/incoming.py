@@ -32,12 +32,9 @@ import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
     def do_GET(self):
-        body = MSG
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(MSG), MSG))
     def log_message(self, *a): pass
 class S(ThreadingHTTPServer):
     daemon_threads = True
@@ -48,7 +45,7 @@ S(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
 
 PORT = 8080
 DIRECT_LOCAL_PORT = 18080
-N = 600
+N = 2000
 WARMUP = 50
 
 
