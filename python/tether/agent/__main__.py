@@ -54,15 +54,46 @@ def enter_netns(pid: int) -> None:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="tether-agent", description=__doc__)
-    p.add_argument("--target-pid", type=int, required=True,
+    p.add_argument("--target-pid", type=int,
                    help="process whose environment, files and network the agent acts in")
+    p.add_argument("--container-id",
+                   help="instead of --target-pid: the container (runtime://id, as in a pod's "
+                        "containerStatuses) whose first process is the target (needs hostPID)")
     p.add_argument("--enter-netns", action="store_true",
                    help="join the target's network namespace first (process targets)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--fd", type=int, help="inherited connected socket to the orchestrator")
     src.add_argument("--listen", help="HOST:PORT to accept the orchestrator on")
+    p.add_argument("--idle-exit", type=float,
+                   help="with --listen: exit after SECONDS without an orchestrator (the first "
+                        "one gets at least 60 s), so an agent in a pod never outlives its session")
     p.add_argument("--log-level", default=os.environ.get("TETHER_LOG", "info"))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if (args.target_pid is None) == (args.container_id is None):
+        p.error("give exactly one of --target-pid and --container-id")
+    return args
+
+
+def container_pid(container_id: str) -> int:
+    """The oldest process whose cgroup names the container (how runtimes lay them out)."""
+    cid = container_id.partition("://")[2] or container_id
+    found: list[tuple[int, int]] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cgroup") as f:
+                if cid not in f.read():
+                    continue
+            with open(f"/proc/{entry}/stat") as f:
+                start = int(f.read().rsplit(")", 1)[1].split()[19])
+        except (OSError, ValueError, IndexError):
+            continue
+        found.append((start, int(entry)))
+    if not found:
+        raise AgentStartError(f"no process of container {container_id} on this node (is the "
+                              "agent running with hostPID on the target's node?)")
+    return min(found)[1]
 
 
 async def run(args: argparse.Namespace, secret: str) -> int:
@@ -77,8 +108,16 @@ async def run(args: argparse.Namespace, secret: str) -> int:
     server = socket.create_server((host or "0.0.0.0", int(port)), reuse_port=False)
     server.setblocking(False)
     log.info("listening on %s", args.listen)
+    idle = args.idle_exit
+    first = True
     while True:  # one orchestrator at a time; the secret decides who gets served
-        conn, peer = await loop.sock_accept(server)
+        try:
+            wait = None if idle is None else (max(idle, 60.0) if first else idle)
+            conn, peer = await asyncio.wait_for(loop.sock_accept(server), wait)
+        except TimeoutError:
+            log.info("no orchestrator for %.0f s; agent exiting", wait)
+            return 0
+        first = False
         reason = await serve_connection(ctx, conn)
         log.info("orchestrator %s gone (%s)", peer, reason)
 
@@ -99,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         _native.lib.tether_set_name(b"tether-agent")
         if args.fd is not None:  # our orchestrator is our parent: die with it
             _native.lib.tether_set_pdeathsig(signal.SIGKILL)
+        if args.container_id is not None:
+            args.target_pid = container_pid(args.container_id)
         if args.enter_netns:
             enter_netns(args.target_pid)
     except AgentStartError as exc:

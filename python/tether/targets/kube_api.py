@@ -94,21 +94,37 @@ class KubeApi:
         self._pid = os.getpid()
         return self._client
 
-    def core(self) -> Any:
-        from kubernetes import client as kclient
-        return kclient.CoreV1Api(self.client())
+    # ---- REST ----
+    # The generated CoreV1Api/AppsV1Api modules take seconds to import (thousands of
+    # validated methods); tether needs a dozen calls, so it builds them with the client's
+    # own request machinery (auth, TLS, proxies, token refresh) and model deserializer.
+    def request(self, method: str, path: str, *, query: dict[str, Any] | None = None,
+                body: Any = None, content_type: str | None = None,
+                response_type: str | None = "object", timeout: float | None = 30) -> Any:
+        api = self.client()
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type or "application/json"
+        params = [(k, v) for k, v in (query or {}).items() if v is not None]
+        method, url, headers, body, post = api.param_serialize(
+            method=method, resource_path=path, query_params=params or None,
+            header_params=headers, body=body, auth_settings=["BearerToken"])
+        response = api.call_api(method, url, header_params=headers, body=body,
+                                post_params=post, _request_timeout=timeout)
+        response.read()
+        types = {"200": response_type, "201": response_type, "202": response_type}
+        return api.response_deserialize(response, types).data
 
-    def apps(self) -> Any:
-        from kubernetes import client as kclient
-        return kclient.AppsV1Api(self.client())
+    def portforward(self, namespace: str, pod: str, port: int) -> Any:
+        """Open ``pods/<pod>/portforward`` (websocket, v4.channel.k8s.io) with the client."""
+        from kubernetes.stream.ws_client import portforward_call
 
-    def batch(self) -> Any:
-        from kubernetes import client as kclient
-        return kclient.BatchV1Api(self.client())
-
-    def custom(self) -> Any:
-        from kubernetes import client as kclient
-        return kclient.CustomObjectsApi(self.client())
+        api = self.client()
+        _, url, headers, _, _ = api.param_serialize(
+            method="GET", resource_path=f"/api/v1/namespaces/{namespace}/pods/{pod}/portforward",
+            query_params=[("ports", str(port))], header_params={}, auth_settings=["BearerToken"])
+        return portforward_call(api.configuration, "GET", url, headers=headers,
+                                query_params=[("ports", str(port))])
 
     # ---- calls ----
     def call(self, what: str, rule: Rule, namespace: str, fn: Callable[..., T], *args: Any,
@@ -132,6 +148,18 @@ class KubeApi:
                 ) from None
             raise
 
+    def get(self, what: str, gv: str, namespace: str, plural: str, name: str,
+            model: str = "object") -> Any:
+        """GET one object (``gv``: "v1", "apps/v1", ...) as a client model."""
+        return self.call(what, Rule(api_group(gv), plural, "get"), namespace, self.request,
+                         "GET", resource_path(gv, namespace, plural, name), response_type=model)
+
+    def list(self, what: str, gv: str, namespace: str, plural: str, model: str,
+             selector: str | None = None) -> list[Any]:
+        return self.call(what, Rule(api_group(gv), plural, "list"), namespace, self.request,
+                         "GET", resource_path(gv, namespace, plural),
+                         query={"labelSelector": selector or None}, response_type=model).items
+
     def error(self, what: str, rule: Rule, namespace: str, exc: Any) -> TargetError:
         status = int(getattr(exc, "status", 0) or 0)
         msg = status_message(exc)
@@ -152,6 +180,19 @@ class KubeApi:
 
     def sanitize(self, obj: Any) -> Any:
         return self.client().sanitize_for_serialization(obj)
+
+
+def api_group(gv: str) -> str:
+    """The RBAC apiGroup of a group/version ("" for the core "v1")."""
+    return gv.split("/")[0] if "/" in gv else ""
+
+
+def resource_path(gv: str, namespace: str, plural: str, name: str | None = None,
+                  sub: str | None = None) -> str:
+    """``/api/v1/...`` or ``/apis/<group>/<version>/...`` for a namespaced resource."""
+    base = "/api/v1" if gv in ("", "v1") else f"/apis/{gv}"
+    path = f"{base}/namespaces/{namespace}/{plural}"
+    return path + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
 
 
 def label_selector(selector: Any) -> str:

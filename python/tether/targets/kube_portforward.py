@@ -93,6 +93,12 @@ class Bridge:
                 why = str(exc)
         return False
 
+    def _forward_closed(self) -> bool:
+        try:
+            return not self._forward.connected
+        except Exception:  # noqa: BLE001
+            return True
+
     def _close_forward(self) -> None:
         if self._forward is not None:
             try:
@@ -114,7 +120,13 @@ class Bridge:
                         return
                     if not answered:
                         sent_before_answer += data
-                    self._remote.sendall(data)
+                    try:
+                        self._remote.sendall(data)
+                    except OSError as exc:  # the forward broke under us: like EOF below
+                        reason = self._reason() if self._forward_closed() else str(exc)
+                        if not answered and self._reconnect(bytes(sent_before_answer), reason):
+                            continue
+                        break
                 if self._remote in ready:
                     try:
                         data = self._remote.recv(262144)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import TargetError
-from .kube_api import KubeApi, Rule, label_selector
+from .kube_api import KubeApi, label_selector
 
 log = logging.getLogger("tether")
 
@@ -51,10 +51,6 @@ def parse_path(path: str) -> tuple[str, str, str | None]:
         raise TargetError(f"target {path!r}: unknown kind {parts[0]!r}; expected one of "
                           f"{', '.join(KINDS)}")
     return parts[0], parts[1], parts[3] if len(parts) == 4 else None
-
-
-def _rule(resource: str, verb: str, group: str = "") -> Rule:
-    return Rule(group, resource, verb)
 
 
 def pod_state(pod: Any) -> tuple[bool, str]:
@@ -124,51 +120,39 @@ class Resolver:
                       node_name=pod.spec.node_name or "", via=path)
 
     def read_pod(self, name: str, namespace: str, what: str) -> Any:
-        core = self.api.core()
-        return self.api.call(what, _rule("pods", "get"), namespace,
-                             core.read_namespaced_pod, name, namespace)
+        return self.api.get(what, "v1", namespace, "pods", name, "V1Pod")
 
     def selector(self, kind: str, name: str, namespace: str, path: str) -> str:
         what = f"target {path!r}: {kind} {name!r}"
         api = self.api
         if kind in ("deployment", "statefulset", "replicaset"):
-            apps = api.apps()
-            read = {"deployment": apps.read_namespaced_deployment,
-                    "statefulset": apps.read_namespaced_stateful_set,
-                    "replicaset": apps.read_namespaced_replica_set}[kind]
-            obj = api.call(what, _rule(f"{kind}s", "get", "apps"), namespace, read, name,
-                           namespace)
+            model = {"deployment": "V1Deployment", "statefulset": "V1StatefulSet",
+                     "replicaset": "V1ReplicaSet"}[kind]
+            obj = api.get(what, "apps/v1", namespace, f"{kind}s", name, model)
             return label_selector(obj.spec.selector)
         if kind == "job":
-            obj = api.call(what, _rule("jobs", "get", "batch"), namespace,
-                           api.batch().read_namespaced_job, name, namespace)
+            obj = api.get(what, "batch/v1", namespace, "jobs", name, "V1Job")
             return label_selector(obj.spec.selector) or f"job-name={name}"
         if kind == "cronjob":
-            batch = api.batch()
-            api.call(what, _rule("cronjobs", "get", "batch"), namespace,
-                     batch.read_namespaced_cron_job, name, namespace)
-            jobs = api.call(f"target {path!r}: the jobs of cronjob {name!r}",
-                            _rule("jobs", "list", "batch"), namespace,
-                            batch.list_namespaced_job, namespace).items
+            api.get(what, "batch/v1", namespace, "cronjobs", name, "V1CronJob")
+            jobs = api.list(f"target {path!r}: the jobs of cronjob {name!r}", "batch/v1",
+                            namespace, "jobs", "V1JobList")
             own = [j for j in jobs if any(o.kind == "CronJob" and o.name == name
                                           for o in j.metadata.owner_references or [])]
             if not own:
                 raise TargetError(f"target {path!r}: cronjob {name!r} has no job yet; wait for "
                                   "its next run or target a job/pod directly")
-            latest = max(own, key=lambda j: j.metadata.creation_timestamp or 0)
+            latest = max(own, key=lambda j: str(j.metadata.creation_timestamp or ""))
             return self.selector("job", latest.metadata.name, namespace, path)
         if kind == "service":
-            svc = api.call(what, _rule("services", "get"), namespace,
-                           api.core().read_namespaced_service, name, namespace)
+            svc = api.get(what, "v1", namespace, "services", name, "V1Service")
             sel = svc.spec.selector or {}
             if not sel:
                 raise TargetError(f"target {path!r}: service {name!r} has no selector (its "
                                   "endpoints are managed by hand); target a pod instead")
             return ",".join(f"{k}={v}" for k, v in sorted(sel.items()))
         if kind == "rollout":
-            obj = api.call(what, _rule("rollouts", "get", "argoproj.io"), namespace,
-                           api.custom().get_namespaced_custom_object, "argoproj.io", "v1alpha1",
-                           namespace, "rollouts", name)
+            obj = api.get(what, "argoproj.io/v1alpha1", namespace, "rollouts", name)
             spec = obj.get("spec") or {}
             if spec.get("selector"):
                 return label_selector(spec["selector"])
@@ -180,9 +164,8 @@ class Resolver:
         raise TargetError(f"target {path!r}: unknown kind {kind!r}")
 
     def ready_pod(self, selector: str, namespace: str, path: str) -> Any:
-        pods = self.api.call(f"target {path!r}: its pods", _rule("pods", "list"), namespace,
-                             self.api.core().list_namespaced_pod, namespace,
-                             label_selector=selector).items
+        pods = self.api.list(f"target {path!r}: its pods", "v1", namespace, "pods",
+                             "V1PodList", selector)
         if not pods:
             raise TargetError(f"target {path!r} has no pods in namespace {namespace!r} "
                               f"(selector {selector}); scale it up or check the name")

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..config import AgentConfig, Config
 from . import AgentConnection, TargetError, kube_agent
-from .kube_api import KubeApi, Rule, status_message
+from .kube_api import KubeApi, Rule, resource_path, status_message
 from .kube_portforward import Bridge
 from .kube_resolve import PodRef, Resolver
 
@@ -118,11 +118,11 @@ class KubernetesTarget:
                                               log_level)
         log.info("creating the agent (ephemeral container %s in pod/%s, image %s)",
                  self.plan.name, self.pod.name, self.plan.image)
-        core = self.api.core()
         try:
-            core.patch_namespaced_pod_ephemeralcontainers(
-                self.pod.name, self.pod.namespace, body,
-                _content_type="application/strategic-merge-patch+json")
+            self.api.request(
+                "PATCH", resource_path("v1", self.pod.namespace, "pods", self.pod.name,
+                                       "ephemeralcontainers"),
+                body=body, content_type="application/strategic-merge-patch+json")
         except Exception as exc:
             self._raise_start_error(exc, Rule("", "pods/ephemeralcontainers", "patch"),
                                     self.pod.namespace, "ephemeral container")
@@ -138,7 +138,7 @@ class KubernetesTarget:
         log.info("creating the agent (job/%s in namespace %s on node %s, image %s)",
                  self.plan.name, ns, self.pod.node_name or "?", self.plan.image)
         try:
-            self.api.batch().create_namespaced_job(ns, body)
+            self.api.request("POST", resource_path("batch/v1", ns, "jobs"), body=body)
         except Exception as exc:
             self._raise_start_error(exc, Rule("batch", "jobs", "create"), ns, "job")
         self._job = self.plan.name
@@ -195,19 +195,16 @@ class KubernetesTarget:
     def _agent_state(self) -> tuple[str, str, str]:
         """("pending"|"waiting"|"running"|"terminated", reason, message)."""
         assert self.pod is not None and self.plan is not None
-        core = self.api.core()
         if self._job is not None and self._agent_pod is None:
             ns = self._agent_namespace()
-            pods = self.api.call(f"the agent's pod (job/{self._job})", Rule("", "pods", "list"),
-                                 ns, core.list_namespaced_pod, ns,
-                                 label_selector=f"job-name={self._job}").items
+            pods = self.api.list(f"the agent's pod (job/{self._job})", "v1", ns, "pods",
+                                 "V1PodList", f"job-name={self._job}")
             if not pods:
                 return "pending", "", ""
             self._agent_pod, self._agent_container = pods[0].metadata.name, "agent"
             log.info("agent pod %s scheduled", self._agent_pod)
         ns = self._agent_namespace() if self._job else self.pod.namespace
-        pod = self.api.call(f"pod/{self._agent_pod}", Rule("", "pods", "get"), ns,
-                            core.read_namespaced_pod, self._agent_pod, ns)
+        pod = self.api.get(f"pod/{self._agent_pod}", "v1", ns, "pods", self._agent_pod, "V1Pod")
         statuses = (pod.status.ephemeral_container_statuses if self.agent_cfg.ephemeral
                     else pod.status.container_statuses) or []
         for cs in statuses:
@@ -223,12 +220,8 @@ class KubernetesTarget:
         return "pending", "", ""
 
     def _open_forward(self) -> Any:
-        from kubernetes.stream import portforward
-
         assert self.pod is not None and self.plan is not None
-        core = self.api.core()
-        return portforward(core.connect_get_namespaced_pod_portforward, self.pod.name,
-                           self.pod.namespace, ports=str(self.plan.port))
+        return self.api.portforward(self.pod.namespace, self.pod.name, self.plan.port)
 
     def _connect(self, deadline: float) -> Any:
         from kubernetes.client.rest import ApiException
@@ -271,8 +264,10 @@ class KubernetesTarget:
             return "the agent was not created"
         ns = self._agent_namespace() if self._job else (self.pod.namespace if self.pod else "")
         try:
-            text = self.api.core().read_namespaced_pod_log(
-                self._agent_pod, ns, container=self._agent_container, tail_lines=50)
+            text = self.api.request(
+                "GET", resource_path("v1", ns, "pods", self._agent_pod, "log"),
+                query={"container": self._agent_container, "tailLines": 50},
+                response_type="str")
         except Exception:  # noqa: BLE001 - fall back to the container state
             text = ""
         for line in reversed(str(text or "").splitlines()):
@@ -291,8 +286,9 @@ class KubernetesTarget:
         while True:
             await asyncio.sleep(interval)
             try:
-                pod = await asyncio.to_thread(self.api.core().read_namespaced_pod, ref.name,
-                                              ref.namespace)
+                pod = await asyncio.to_thread(
+                    self.api.request, "GET", resource_path("v1", ref.namespace, "pods", ref.name),
+                    response_type="V1Pod")
             except Exception as exc:  # noqa: BLE001
                 if getattr(exc, "status", None) == 404:
                     return f"target pod/{ref.name} was deleted"
@@ -307,6 +303,6 @@ class KubernetesTarget:
 
     def _delete_job(self, name: str) -> None:
         ns = self._agent_namespace()
-        self.api.call(f"job/{name}", Rule("batch", "jobs", "delete"), ns,
-                      self.api.batch().delete_namespaced_job, name, ns,
-                      propagation_policy="Background")
+        self.api.call(f"job/{name}", Rule("batch", "jobs", "delete"), ns, self.api.request,
+                      "DELETE", resource_path("batch/v1", ns, "jobs", name),
+                      query={"propagationPolicy": "Background"})
