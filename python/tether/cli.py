@@ -2,6 +2,7 @@
 
     tether exec [-f FILE] [-t TARGET] [-n NS] -- CMD ARGS...
     tether verify-config FILE
+    tether ls [-n NS] [--json]
     tether --version
 
 ``exec`` forks the orchestrator into its own session and then *becomes* the program
@@ -211,6 +212,35 @@ def demo() -> None:
     from .demo.__main__ import main as demo_main
 
     raise SystemExit(demo_main())
+
+
+@main.command("ls")
+@click.option("-n", "--namespace", help="Namespace to list (default: the kubeconfig's).")
+@click.option("-f", "--config-file", type=click.Path(dir_okay=False),
+              help="Config file whose kubeconfig/kube_context to use.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list (for IDEs).")
+def ls_command(namespace: str | None, config_file: str | None, as_json: bool) -> None:
+    """List the Kubernetes targets of a namespace (deployment/..., pod/..., ...)."""
+    from .targets.kube_api import KubeApi
+    from .targets.kube_list import list_targets
+
+    config = _load(config_file, None, None).config
+    api = KubeApi(config.kubeconfig, config.kube_context, config.accept_invalid_certificates)
+    try:
+        ns = namespace or config.target.namespace
+        if not ns:
+            api.client()
+            ns = api.default_namespace
+        targets = list_targets(api, ns)
+    except TargetError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        import json
+
+        click.echo(json.dumps(targets))
+    else:
+        for target in targets:
+            click.echo(target)
 
 
 @main.command("verify-config")

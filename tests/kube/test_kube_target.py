@@ -161,3 +161,22 @@ def test_dropped_port_forward_ends_the_program_with_a_message(kube, kube_tether,
     assert "lost the connection to the agent in pod/silly-demo-" in res.stderr, res.stderr
     assert "run the command again" in res.stderr
     del subprocess
+
+
+def test_ls_lists_the_namespaces_targets(kube, kube_tether):
+    [pod] = kube.deploy("silly-demo", "staging")
+    kube.deploy("multi", "staging", containers=("app", "istio-proxy"), service=False)
+    kube.deploy("elsewhere", "prod")
+    res = kube_tether([], cmd="ls", args=["-n", "staging", "--json"])
+    assert res.returncode == 0, res.stderr
+    import json
+
+    targets = json.loads(res.stdout)
+    assert "deployment/silly-demo" in targets and "deployment/multi" in targets
+    assert "service/silly-demo" in targets
+    assert f"pod/{pod['metadata']['name']}" in targets
+    assert any(t.startswith("pod/multi-") and t.endswith("/container/istio-proxy")
+               for t in targets)
+    assert not any("elsewhere" in t for t in targets)
+    plain = kube_tether([], cmd="ls", args=["-n", "staging"])
+    assert plain.stdout.splitlines() == targets

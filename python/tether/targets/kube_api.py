@@ -156,9 +156,10 @@ class KubeApi:
 
     def list(self, what: str, gv: str, namespace: str, plural: str, model: str,
              selector: str | None = None) -> list[Any]:
-        return self.call(what, Rule(api_group(gv), plural, "list"), namespace, self.request,
+        data = self.call(what, Rule(api_group(gv), plural, "list"), namespace, self.request,
                          "GET", resource_path(gv, namespace, plural),
-                         query={"labelSelector": selector or None}, response_type=model).items
+                         query={"labelSelector": selector or None}, response_type=model)
+        return list(data.get("items") or []) if isinstance(data, dict) else list(data.items)
 
     def error(self, what: str, rule: Rule, namespace: str, exc: Any) -> TargetError:
         status = int(getattr(exc, "status", 0) or 0)
