@@ -34,3 +34,20 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build python/tether/*.so python/*.egg-info
+
+# The agent image for Kubernetes targets (docs/kubernetes.md). Its tag follows the package
+# version, which is the image tether uses unless agent.image says otherwise.
+TETHER_VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' python/tether/__init__.py)
+AGENT_IMAGE    ?= ghcr.io/tether-dev/tether-agent:$(TETHER_VERSION)
+CONTAINER_ENGINE ?= $(shell command -v docker 2>/dev/null || command -v podman 2>/dev/null)
+
+.PHONY: agent-image agent-image-push
+agent-image:
+	@if [ -z "$(CONTAINER_ENGINE)" ] || ! $(CONTAINER_ENGINE) info >/dev/null 2>&1; then \
+	  echo "make agent-image: no working docker or podman here; build on a machine with one:"; \
+	  echo "  docker build -t $(AGENT_IMAGE) ."; \
+	  echo "(set CONTAINER_ENGINE=/path/to/engine to pick one)"; exit 1; fi
+	$(CONTAINER_ENGINE) build -t $(AGENT_IMAGE) .
+
+agent-image-push: agent-image
+	$(CONTAINER_ENGINE) push $(AGENT_IMAGE)
