@@ -141,26 +141,13 @@ def test_unreachable_api_server(kube, kube_tether, tmp_path):
 
 def test_dropped_port_forward_ends_the_program_with_a_message(kube, kube_tether, tmp_path):
     kube.deploy("silly-demo", "staging", env=POD_ENV)
-    flag = tmp_path / "started"
-    prog = [sys.executable, "-c",
-            f"import time, pathlib; pathlib.Path({str(flag)!r}).touch(); time.sleep(30)"]
-    import subprocess
-    import threading
-
-    box = {}
-    t = threading.Thread(target=lambda: box.update(res=kube_tether(prog, config=SEED)))
-    t.start()
-    deadline = time.monotonic() + 20
-    while not flag.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert flag.exists()
+    t, box = run_in_background(kube_tether, tmp_path, SEED)
     kube.drop_port_forwards()
     t.join(15)
     res = box["res"]
     assert res.returncode != 0
     assert "lost the connection to the agent in pod/silly-demo-" in res.stderr, res.stderr
     assert "run the command again" in res.stderr
-    del subprocess
 
 
 def test_ls_lists_the_namespaces_targets(kube, kube_tether):
@@ -180,3 +167,29 @@ def test_ls_lists_the_namespaces_targets(kube, kube_tether):
     assert not any("elsewhere" in t for t in targets)
     plain = kube_tether([], cmd="ls", args=["-n", "staging"])
     assert plain.stdout.splitlines() == targets
+
+
+def run_in_background(kube_tether, tmp_path, config):
+    import threading
+
+    flag = tmp_path / "started"
+    prog = [sys.executable, "-c",
+            f"import time, pathlib; pathlib.Path({str(flag)!r}).touch(); time.sleep(30)"]
+    box = {}
+    t = threading.Thread(target=lambda: box.update(res=kube_tether(prog, config=config)))
+    t.start()
+    deadline = time.monotonic() + 20
+    while not flag.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert flag.exists()
+    return t, box
+
+
+def test_deleting_the_target_pod_ends_the_program_with_a_message(kube, kube_tether, tmp_path):
+    [pod] = kube.deploy("silly-demo", "staging", env=POD_ENV)
+    t, box = run_in_background(kube_tether, tmp_path, with_agent(ephemeral=True))
+    kube.delete_pod("staging", pod["metadata"]["name"])
+    t.join(15)
+    res = box["res"]
+    assert res.returncode != 0
+    assert f"target pod/{pod['metadata']['name']} was deleted" in res.stderr, res.stderr

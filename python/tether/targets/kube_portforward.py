@@ -147,7 +147,7 @@ class Bridge:
             if not self._stopped and reason:
                 self.on_drop(f"lost the connection to the agent in {self.what} "
                              f"({reason}); run the command again to start a new session")
-                time.sleep(0.3)  # let the session end with this reason, not "peer closed"
+                time.sleep(1.0)  # let the session end with this reason, not "peer closed"
             try:
                 self._local.close()
             except OSError:

@@ -94,7 +94,14 @@ class KubernetesTarget:
         done, _ = await asyncio.wait([watch, self._dropped],
                                      return_when=asyncio.FIRST_COMPLETED)
         watch.cancel()
-        return str(next(iter(done)).result())
+        if watch in done:
+            return str(watch.result())
+        # The port-forward dropped: say so, unless the pod itself went away.
+        try:
+            gone = await asyncio.wait_for(asyncio.to_thread(self._pod_gone), 0.8)
+        except TimeoutError:
+            gone = None
+        return gone or self._dropped.result()
 
     async def stop_agent(self) -> None:
         if self._bridge is not None:
@@ -279,27 +286,32 @@ class KubernetesTarget:
             return str(exc)
         return f"agent container {kind}" + (f" ({reason}: {message})" if reason else "")
 
-    async def _watch_pod(self) -> str:
+    def _pod_gone(self) -> str | None:
+        """Why the target pod is no longer usable, or None while it is."""
         assert self.pod is not None
         ref = self.pod
-        interval = 2.0
+        try:
+            pod = self.api.request("GET", resource_path("v1", ref.namespace, "pods", ref.name),
+                                   response_type="V1Pod", timeout=10)
+        except Exception as exc:  # noqa: BLE001
+            if getattr(exc, "status", None) == 404:
+                return f"target pod/{ref.name} was deleted"
+            log.debug("watching pod/%s: %s", ref.name, exc)
+            return None
+        if pod.metadata.uid != ref.uid:
+            return f"target pod/{ref.name} was replaced"
+        if pod.metadata.deletion_timestamp is not None:
+            return f"target pod/{ref.name} is being deleted"
+        if pod.status and pod.status.phase in ("Succeeded", "Failed"):
+            return f"target pod/{ref.name} has stopped ({pod.status.phase})"
+        return None
+
+    async def _watch_pod(self) -> str:
         while True:
-            await asyncio.sleep(interval)
-            try:
-                pod = await asyncio.to_thread(
-                    self.api.request, "GET", resource_path("v1", ref.namespace, "pods", ref.name),
-                    response_type="V1Pod")
-            except Exception as exc:  # noqa: BLE001
-                if getattr(exc, "status", None) == 404:
-                    return f"target pod/{ref.name} was deleted"
-                log.debug("watching pod/%s: %s", ref.name, exc)
-                continue
-            if pod.metadata.uid != ref.uid:
-                return f"target pod/{ref.name} was replaced"
-            if pod.metadata.deletion_timestamp is not None:
-                return f"target pod/{ref.name} is being deleted"
-            if pod.status and pod.status.phase in ("Succeeded", "Failed"):
-                return f"target pod/{ref.name} has stopped ({pod.status.phase})"
+            await asyncio.sleep(2.0)
+            gone = await asyncio.to_thread(self._pod_gone)
+            if gone:
+                return gone
 
     def _delete_job(self, name: str) -> None:
         ns = self._agent_namespace()

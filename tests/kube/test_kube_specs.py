@@ -1,0 +1,94 @@
+"""The pure parts of the Kubernetes target: paths, selectors, agent objects."""
+
+from __future__ import annotations
+
+import pytest
+from kubernetes import client as k
+from tether.config import AgentConfig
+from tether.targets import TargetError
+from tether.targets.kube_agent import ephemeral_container, job, plan
+from tether.targets.kube_api import label_selector, resource_path
+from tether.targets.kube_resolve import PodRef, choose_container, parse_path, pod_state
+
+POD = PodRef(namespace="staging", name="silly-demo-abc", uid="u", container="app",
+             container_id="containerd://feed", node_name="node-1", via="deployment/silly-demo")
+
+
+@pytest.mark.parametrize("path,expected", [
+    ("deployment/x", ("deployment", "x", None)),
+    ("pod/x/container/app", ("pod", "x", "app")),
+    ("rollout/r", ("rollout", "r", None)),
+])
+def test_parse_path(path, expected):
+    assert parse_path(path) == expected
+
+
+@pytest.mark.parametrize("path", ["deployment", "deployment/x/app", "daemonset/x", "pod//"])
+def test_parse_path_rejects(path):
+    with pytest.raises(TargetError, match="target"):
+        parse_path(path)
+
+
+def test_label_selector_from_model_and_dict():
+    sel = k.V1LabelSelector(match_labels={"b": "2", "a": "1"}, match_expressions=[
+        k.V1LabelSelectorRequirement(key="tier", operator="In", values=["web", "api"]),
+        k.V1LabelSelectorRequirement(key="canary", operator="DoesNotExist")])
+    assert label_selector(sel) == "a=1,b=2,tier in (web,api),!canary"
+    assert label_selector({"matchLabels": {"app": "x"}}) == "app=x"
+
+
+def test_resource_paths():
+    assert resource_path("v1", "s", "pods", "p", "portforward") == \
+        "/api/v1/namespaces/s/pods/p/portforward"
+    assert resource_path("batch/v1", "s", "jobs") == "/apis/batch/v1/namespaces/s/jobs"
+
+
+def _pod(phase="Running", ready="True", containers=("app",), annotations=None):
+    return k.V1Pod(
+        metadata=k.V1ObjectMeta(name="p", annotations=annotations),
+        spec=k.V1PodSpec(containers=[k.V1Container(name=c) for c in containers]),
+        status=k.V1PodStatus(phase=phase, conditions=[k.V1PodCondition(type="Ready",
+                                                                      status=ready)]))
+
+
+def test_pod_state():
+    assert pod_state(_pod()) == (True, "ready")
+    assert pod_state(_pod(ready="False"))[0] is False
+    assert pod_state(_pod(phase="Pending")) == (False, "Pending")
+
+
+def test_container_choice_skips_sidecars_and_honours_the_default_annotation():
+    assert choose_container(_pod(containers=("istio-proxy", "app")), None, "pod/p") == "app"
+    annotated = _pod(containers=("a", "b"),
+                     annotations={"kubectl.kubernetes.io/default-container": "b"})
+    assert choose_container(annotated, None, "pod/p") == "b"
+    with pytest.raises(TargetError, match="has no container 'c'"):
+        choose_container(annotated, "c", "pod/p")
+
+
+def test_ephemeral_container_spec_is_valid_for_the_client_and_keeps_the_secret_off_argv():
+    cfg = AgentConfig(disabled_capabilities=("CAP_NET_RAW",), ttl=5)
+    p = plan(cfg)
+    body = ephemeral_container(p, POD, cfg, "s3cret", "info")
+    [c] = body["spec"]["ephemeralContainers"]
+    k.ApiClient()._ApiClient__deserialize(c, "V1EphemeralContainer")
+    assert c["targetContainerName"] == "app"
+    assert "s3cret" not in " ".join(c["command"] + c["args"])
+    assert {"name": "TETHER_AGENT_SECRET", "value": "s3cret"} in c["env"]
+    assert "NET_RAW" not in c["securityContext"]["capabilities"]["add"]
+    assert c["args"][c["args"].index("--idle-exit") + 1] == "5"
+    assert f"127.0.0.1:{p.port}" in c["args"]
+
+
+def test_job_spec_is_pinned_labelled_and_expires():
+    cfg = AgentConfig(ttl=3, labels={"team": "a"}, image_pull_secrets=("regcred",))
+    body = job(plan(cfg), POD, cfg, "s3cret", "info")
+    model = k.ApiClient()._ApiClient__deserialize(body, "V1Job")
+    assert model.spec.ttl_seconds_after_finished == 3
+    spec = body["spec"]["template"]["spec"]
+    assert spec["nodeName"] == "node-1" and spec["hostPID"] is True
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+    labels = body["metadata"]["labels"]
+    assert labels["app.kubernetes.io/managed-by"] == "tether" and labels["team"] == "a"
+    args = spec["containers"][0]["args"]
+    assert args[:3] == ["--container-id", "containerd://feed", "--enter-netns"]
