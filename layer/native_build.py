@@ -1,9 +1,13 @@
-"""cffi API-mode build of ``tether._native``: the few system calls the orchestrator and
-the agent need that Python 3.11's ``os`` lacks (setns, pidfd_getfd, prctl).
+"""cffi API-mode build of ``tether._native`` (source: layer/native.c): the system calls the
+orchestrator and the agent need that Python 3.11's ``os`` lacks: setns, pidfd_getfd,
+prctl, and seccomp user notification for programs the layer cannot reach (static and
+Go binaries).
 
 Unlike the layer, this *is* a CPython extension: it is only ever imported by tether's own
 Python processes.
 """
+
+from pathlib import Path
 
 from cffi import FFI
 
@@ -15,34 +19,21 @@ ffibuilder.cdef(
     int tether_pidfd_getfd(int pidfd, int targetfd, unsigned int flags);
     int tether_set_name(const char *name);
     int tether_set_pdeathsig(int sig);
+    int tether_sysno(const char *name);
+    int tether_seccomp_listener(const int *nrs, int n);
+    struct tether_notif { uint64_t id; uint32_t pid; int32_t nr; uint64_t args[6]; };
+    int tether_notif_recv(int fd, struct tether_notif *out);
+    int tether_notif_respond(int fd, uint64_t id, int64_t val, int32_t error, uint32_t flags);
+    int tether_notif_id_valid(int fd, uint64_t id);
+    int tether_notif_addfd(int fd, uint64_t id, int srcfd, int newfd, uint32_t newfd_flags);
     #define CLONE_NEWNET ...
     #define CLONE_NEWNS ...
+    #define SECCOMP_USER_NOTIF_FLAG_CONTINUE ...
     """
 )
 ffibuilder.set_source(
     "tether._native",
-    """
-    #define _GNU_SOURCE
-    #include <sched.h>
-    #include <signal.h>
-    #include <sys/prctl.h>
-    #include <sys/syscall.h>
-    #include <unistd.h>
-    #ifndef SYS_pidfd_open
-    #define SYS_pidfd_open 434
-    #endif
-    #ifndef SYS_pidfd_getfd
-    #define SYS_pidfd_getfd 438
-    #endif
-    static int tether_pidfd_open(int pid, unsigned int flags) {
-        return (int)syscall(SYS_pidfd_open, pid, flags);
-    }
-    static int tether_pidfd_getfd(int pidfd, int targetfd, unsigned int flags) {
-        return (int)syscall(SYS_pidfd_getfd, pidfd, targetfd, flags);
-    }
-    static int tether_set_name(const char *name) { return prctl(PR_SET_NAME, name, 0, 0, 0); }
-    static int tether_set_pdeathsig(int sig) { return prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0); }
-    """,
+    (Path(__file__).resolve().parent / "native.c").read_text(),
 )
 
 if __name__ == "__main__":

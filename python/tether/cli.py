@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import socket
 import sys
 import time
 from typing import Any, NoReturn
@@ -110,12 +111,12 @@ def run_exec(config: Config, target: Any, command: list[str]) -> NoReturn:
     from .orchestrator import Orchestrator
 
     layer_so = layer_path()
-    read_fd, write_fd = os.pipe()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     parent_pid = os.getpid()
     started = time.monotonic()
     pid = os.fork()
     if pid == 0:  # the orchestrator
-        os.close(read_fd)
+        ours.close()
         code = 1
         try:
             os.setsid()  # the terminal's Ctrl-C belongs to the program, not to us
@@ -124,21 +125,22 @@ def run_exec(config: Config, target: Any, command: list[str]) -> NoReturn:
             os.close(devnull)
             orch = Orchestrator(config=config, target=target, local_env=dict(os.environ),
                                 cwd=os.getcwd(), layer_so=layer_so)
-            code = _run_orchestrator(orch, write_fd, parent_pid)
+            code = _run_orchestrator(orch, theirs, parent_pid)
         except BaseException:  # never return into click in the forked child
             log.exception("orchestrator failed")
         finally:
             os._exit(code)
 
-    os.close(write_fd)
-    reply = _wait_ready(read_fd, started, target.describe())
-    os.close(read_fd)
+    theirs.close()
+    reply = _wait_ready(ours, started, target.describe())
     if reply is None:
         raise click.ClickException("the tether orchestrator exited before the session started "
                                    "(run with TETHER_LOG=debug for details)")
     if reply["t"] == "session_failed":
         raise click.ClickException(reply["message"])
     env = reply["env"]
+    _hand_over_syscalls(ours, command, env)
+    ours.close()
     log.debug("session ready after %.0f ms; exec %s", (time.monotonic() - started) * 1000,
               command[0])
     try:
@@ -152,22 +154,66 @@ def run_exec(config: Config, target: Any, command: list[str]) -> NoReturn:
     raise AssertionError("unreachable")
 
 
-def _run_orchestrator(orch: Any, write_fd: int, parent_pid: int) -> int:
+def _seccomp_wanted(command: list[str], env: dict[str, str]) -> bool:
+    """Static and Go programs never load the layer: supervise their system calls instead.
+
+    TETHER_SECCOMP=always|never overrides the detection (auto)."""
+    choice = os.environ.get("TETHER_SECCOMP", "auto").lower()
+    if choice in ("never", "0", "off", "no"):
+        return False
+    if choice in ("always", "1", "on", "yes"):
+        return True
+    from .elfinfo import inspect, resolve_command
+
+    path = resolve_command(command[0], env.get("PATH"))
+    info = inspect(path) if path else None
+    return bool(info and info.needs_seccomp)
+
+
+def _hand_over_syscalls(chan: socket.socket, command: list[str], env: dict[str, str]) -> None:
+    """Tell the orchestrator how the program is reached; for seccomp, hand it the listener."""
+    if not _seccomp_wanted(command, env):
+        chan.sendall(protocol.encode({"t": "session_exec"}))
+        return
+    from .seccomp import install_filter
+
+    try:
+        listener = install_filter()
+    except OSError as exc:
+        raise click.ClickException(f"{command[0]} is a static or Go program and needs seccomp "
+                                   f"user notification: {exc}") from None
+    socket.send_fds(chan, [protocol.encode({"t": "session_exec", "fds": 1})], [listener])
+    os.close(listener)
+    decoder = protocol.FrameDecoder()
+    while True:  # wait until the supervisor runs: our first trapped call needs it
+        data = chan.recv(4096)
+        if not data:
+            raise click.ClickException("the tether orchestrator exited before the program started")
+        if list(decoder.feed(data)):
+            return
+
+
+def _run_orchestrator(orch: Any, chan: socket.socket, parent_pid: int) -> int:
     import asyncio
 
     from .orchestrator import end_program
 
     async def body() -> int:
+        loop = asyncio.get_running_loop()
         try:
             env = await orch.start()
         except (TargetError, OSError) as exc:
-            os.write(write_fd, protocol.encode({"t": "session_failed", "message": str(exc)}))
-            os.close(write_fd)
+            chan.sendall(protocol.encode({"t": "session_failed", "message": str(exc)}))
+            chan.close()
             await orch.stop()
             return 1
-        os.write(write_fd, protocol.encode(
+        chan.sendall(protocol.encode(
             {"t": "session_ready", "env": env, "socket": orch.socket_path}))
-        os.close(write_fd)
+        msg, fds, *_ = await loop.run_in_executor(None, socket.recv_fds, chan, 65536, 1)
+        if fds:
+            orch.start_supervisor(fds[0])
+            chan.sendall(protocol.encode({"t": "session_exec"}))
+        chan.close()
         log.info("session started: %s", orch.target.describe())
         reason = await orch.serve(parent_pid)
         if reason:
@@ -179,17 +225,17 @@ def _run_orchestrator(orch: Any, write_fd: int, parent_pid: int) -> int:
     return asyncio.run(body())
 
 
-def _wait_ready(fd: int, started: float, what: str) -> dict[str, Any] | None:
+def _wait_ready(chan: socket.socket, started: float, what: str) -> dict[str, Any] | None:
     decoder = protocol.FrameDecoder()
     announced = False
     while True:
-        ready, _, _ = select.select([fd], [], [], 0.25)
+        ready, _, _ = select.select([chan], [], [], 0.25)
         if not ready:
             if not announced and time.monotonic() - started > 1.0:
                 click.echo(f"tether: starting the agent in {what}...", err=True)
                 announced = True
             continue
-        data = os.read(fd, 1 << 20)
+        data = chan.recv(1 << 20)
         if not data:
             return None
         for msg in decoder.feed(data):

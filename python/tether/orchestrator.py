@@ -40,6 +40,9 @@ log = logging.getLogger("tether")
 
 protocol.register("session_ready", {"env": (dict, True), "socket": (str, True)})
 protocol.register("session_failed", {"message": (str, True)})
+# tether exec -> orchestrator: the program is about to be exec'd; with "fds": 1 it carries
+# the seccomp listener of a static/Go program (the orchestrator answers once it supervises).
+protocol.register("session_exec", {})
 
 # Programs that only build or debug: the layer loads in pass-through mode so that their
 # children (the program being built and run, the debuggee) still get it.
@@ -72,6 +75,7 @@ class Orchestrator:
     _session_numbers: int = 0
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     features: list[Any] = field(default_factory=list)
+    supervisor: Any = None
 
     @property
     def socket_path(self) -> str:
@@ -157,6 +161,13 @@ class Orchestrator:
             "TETHER_ENV_APPLIED": "1",
         }
 
+    def start_supervisor(self, listener: int) -> None:
+        """Supervise a static/Go program's system calls (seccomp user notification)."""
+        from .seccomp import Supervisor
+
+        self.supervisor = Supervisor(self, listener)
+        self.supervisor.start()
+
     # ---- layer sessions ----
     async def _on_layer(self, sock: socket.socket) -> None:
         link = Link(sock, {"hello": self._hello}, name="layer")
@@ -204,6 +215,8 @@ class Orchestrator:
         return waits[first](first.result())
 
     async def stop(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.stop()
         for feature in reversed(self.features):
             stop = getattr(feature, "stop", None)
             if stop is not None:

@@ -1,0 +1,134 @@
+/* tether._native: system calls the orchestrator and the agent need that Python's `os`
+ * lacks.  Compiled by cffi (API mode) from layer/native_build.py. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sched.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_getfd
+#define SYS_pidfd_getfd 438
+#endif
+#ifndef SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+#define SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (1UL << 5)
+#endif
+
+#if defined(__x86_64__)
+#define TETHER_AUDIT_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define TETHER_AUDIT_ARCH AUDIT_ARCH_AARCH64
+#else
+#error "seccomp support needs an audit arch for this machine"
+#endif
+
+static int tether_pidfd_open(int pid, unsigned int flags) {
+    return (int)syscall(SYS_pidfd_open, pid, flags);
+}
+static int tether_pidfd_getfd(int pidfd, int targetfd, unsigned int flags) {
+    return (int)syscall(SYS_pidfd_getfd, pidfd, targetfd, flags);
+}
+static int tether_set_name(const char *name) { return prctl(PR_SET_NAME, name, 0, 0, 0); }
+static int tether_set_pdeathsig(int sig) { return prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0); }
+
+/* System call numbers by name, for the few the supervisor traps. */
+static int tether_sysno(const char *name) {
+    if (!strcmp(name, "connect")) return SYS_connect;
+    if (!strcmp(name, "bind")) return SYS_bind;
+    if (!strcmp(name, "listen")) return SYS_listen;
+    if (!strcmp(name, "sendto")) return SYS_sendto;
+    if (!strcmp(name, "sendmsg")) return SYS_sendmsg;
+    if (!strcmp(name, "openat")) return SYS_openat;
+    return -1;
+}
+
+/* Install a filter that sends the listed system calls to a supervisor (user notification)
+ * and lets every other one through, for this thread and every process it starts.  Returns
+ * the listener descriptor, or -errno.  Sets no_new_privs, which the filter requires. */
+static int tether_seccomp_listener(const int *nrs, int n) {
+    struct sock_filter prog[64];
+    int len = 0;
+    if (n < 1 || n > 32) return -EINVAL;
+    prog[len++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+                                               offsetof(struct seccomp_data, arch));
+    prog[len++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TETHER_AUDIT_ARCH, 1, 0);
+    prog[len++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    prog[len++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+                                               offsetof(struct seccomp_data, nr));
+    for (int i = 0; i < n; i++) {
+        /* match: fall through to USER_NOTIF (next+0); else skip it (next+1) */
+        prog[len++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)nrs[i], 0, 1);
+        prog[len++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF);
+    }
+    prog[len++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    struct sock_fprog fprog = {(unsigned short)len, prog};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) return -errno;
+    /* Go preempts goroutines with SIGURG all the time: with WAIT_KILLABLE_RECV a signal
+     * that arrives before the supervisor read the notification does not abort the call. */
+    long fd = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
+                      SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
+                      &fprog);
+    if (fd < 0 && errno == EINVAL)
+        fd = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                     &fprog);
+    return fd < 0 ? -errno : (int)fd;
+}
+
+struct tether_notif {
+    uint64_t id;
+    uint32_t pid;
+    int32_t nr;
+    uint64_t args[6];
+};
+
+/* Block until a trapped call arrives; 0 or -errno (ENOENT: the caller died meanwhile). */
+static int tether_notif_recv(int fd, struct tether_notif *out) {
+    struct seccomp_notif req;
+    memset(&req, 0, sizeof req);
+    if (ioctl(fd, SECCOMP_IOCTL_NOTIF_RECV, &req)) return -errno;
+    out->id = req.id;
+    out->pid = req.pid;
+    out->nr = req.data.nr;
+    for (int i = 0; i < 6; i++) out->args[i] = req.data.args[i];
+    return 0;
+}
+
+static int tether_notif_respond(int fd, uint64_t id, int64_t val, int32_t error, uint32_t flags) {
+    struct seccomp_notif_resp resp;
+    memset(&resp, 0, sizeof resp);
+    resp.id = id;
+    resp.val = val;
+    resp.error = error;
+    resp.flags = flags;
+    return ioctl(fd, SECCOMP_IOCTL_NOTIF_SEND, &resp) ? -errno : 0;
+}
+
+static int tether_notif_id_valid(int fd, uint64_t id) {
+    return ioctl(fd, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) ? -errno : 0;
+}
+
+/* Put srcfd into the trapped process at number newfd (SETFD) or any free number. */
+static int tether_notif_addfd(int fd, uint64_t id, int srcfd, int newfd, uint32_t newfd_flags) {
+    struct seccomp_notif_addfd add;
+    memset(&add, 0, sizeof add);
+    add.id = id;
+    add.srcfd = (uint32_t)srcfd;
+    add.newfd = newfd >= 0 ? (uint32_t)newfd : 0;
+    add.flags = newfd >= 0 ? SECCOMP_ADDFD_FLAG_SETFD : 0;
+    add.newfd_flags = newfd_flags;
+    int r = ioctl(fd, SECCOMP_IOCTL_NOTIF_ADDFD, &add);
+    return r < 0 ? -errno : r;
+}

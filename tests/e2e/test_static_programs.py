@@ -1,0 +1,57 @@
+"""Scene 6, beyond the incumbent: programs the layer cannot reach (a static C binary, a Go
+binary built without cgo) still get the target's network, through seccomp user
+notification, with the program unchanged."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROGRAMS = Path(__file__).resolve().parents[1] / "programs"
+ECHO = ("import socket\ns = socket.create_server(('0.0.0.0', 7000))\nwhile True:\n"
+        "    c, _ = s.accept()\n    c.recv(100)\n    c.sendall(b'pong from behind\\n')\n"
+        "    c.close()\n")
+
+
+@pytest.fixture(scope="module")
+def static_programs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("static")
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(out / "dial-c"), str(PROGRAMS / "dial.c")],
+                   check=True)
+    subprocess.run(["go", "build", "-o", str(out / "dial-go"), str(PROGRAMS / "dial.go")],
+                   check=True, capture_output=True,
+                   env={**os.environ, "CGO_ENABLED": "0", "GO111MODULE": "off",
+                        "GOCACHE": str(out / "gocache"), "HOME": str(out)})
+    return {"c": out / "dial-c", "go": out / "dial-go"}
+
+
+@pytest.fixture
+def backend_with_private_server(pod_factory):
+    front = pod_factory("backend", env={"APP": "backend"})
+    behind = pod_factory("private", behind=front, cmd=[sys.executable, "-c", ECHO])
+    behind.wait_port(7000)
+    return front, behind
+
+
+@pytest.mark.parametrize("lang", ["c", "go"])
+def test_static_program_reaches_a_host_only_the_target_can_reach(
+        tether, static_programs, backend_with_private_server, lang):
+    front, behind = backend_with_private_server
+    program = str(static_programs[lang])
+    direct = subprocess.run([program, f"{behind.ip}:7000"], capture_output=True, text=True,
+                            timeout=30)
+    assert "pong" not in direct.stdout  # this machine cannot reach it
+    res = tether(front, [program, f"{behind.ip}:7000"])
+    assert res.returncode == 0, res.stderr
+    assert "pong from behind" in res.stdout
+
+
+def test_seccomp_can_be_turned_off(tether, static_programs, backend_with_private_server):
+    front, behind = backend_with_private_server
+    res = tether(front, [str(static_programs["go"]), f"{behind.ip}:7000"],
+                 env={"TETHER_SECCOMP": "never"})
+    assert "pong" not in res.stdout
