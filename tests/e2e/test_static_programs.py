@@ -55,3 +55,22 @@ def test_seccomp_can_be_turned_off(tether, static_programs, backend_with_private
     res = tether(front, [str(static_programs["go"]), f"{behind.ip}:7000"],
                  env={"TETHER_SECCOMP": "never"})
     assert "pong" not in res.stdout
+
+
+def test_go_resolves_cluster_names_with_the_targets_nameserver(
+        tether, static_programs, pod_factory):
+    # Go's resolver reads this machine's resolv.conf and talks DNS itself: its queries go
+    # to the target's nameserver instead, like the pod's would.
+    front = pod_factory("backend", env={"APP": "backend"})
+    behind = pod_factory("private", behind=front, cmd=[sys.executable, "-c", ECHO])
+    name = "silly-demo-db.staging.svc.cluster.local"
+    ns = pod_factory("cdns", cmd=["dnsmasq", "-k", "--no-resolv", "--no-hosts", "--port=53",
+                                  "--listen-address=0.0.0.0", "--bind-interfaces",
+                                  f"--host-record={name},{behind.ip}", "--local=//"])
+    behind.wait_port(7000)
+    with open(f"/etc/netns/{front.name}/resolv.conf", "w") as f:
+        f.write(f"nameserver {ns.ip}\noptions timeout:1 attempts:1\n")
+    res = tether(front, [str(static_programs["go"]), f"{name}:7000", f"{name}."])
+    assert res.returncode == 0, res.stderr
+    assert "pong from behind" in res.stdout
+    assert f"lookup {name}. [{behind.ip}] <nil>" in res.stdout
