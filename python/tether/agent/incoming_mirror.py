@@ -214,6 +214,8 @@ class Sniffer:
         key = (src, sport, dst, dport)
         flow = self.flows.get(key)
         if flags & SYN and not flags & ACK:
+            if flow is not None and flow.next == (seq + 1) & 0xFFFFFFFF:
+                return  # a retransmitted SYN: same connection
             if flow is not None:
                 flow.close("reused before it ended")
             if len(self.flows) >= MAX_FLOWS:
