@@ -1,6 +1,7 @@
 """silly-demo: the backend of the seed's scene, small enough to read in a minute.
 
-GET /            -> MESSAGE ("This is a silly demo")
+GET /            -> the message ("This is a silly demo", or --message TEXT: the
+                    developer's local change)
 POST /video?id=..&title=..  -> stores a video in PostgreSQL (DB_HOST, DB_PORT, DB_USER,
                                DB_PASSWORD, DB_NAME from the environment), through psql
 GET /videos      -> the stored videos as JSON
@@ -59,7 +60,7 @@ class Handler(BaseHTTPRequestHandler):
                 return
             self._send(200, (rows or "[]") + "\n", "application/json")
             return
-        self._send(200, os.environ.get("MESSAGE", "This is a silly demo") + "\n")
+        self._send(200, MESSAGE + "\n")
 
     def do_POST(self) -> None:  # noqa: N802
         print(f"Handling request URI={self.path}", file=sys.stderr, flush=True)
@@ -80,7 +81,13 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, f"stored {vid}\n")
 
 
+MESSAGE = "This is a silly demo"
+
+
 def main() -> None:
+    global MESSAGE
+    if len(sys.argv) > 2 and sys.argv[1] == "--message":
+        MESSAGE = sys.argv[2]
     port = int(os.environ.get("PORT", "8080"))
     print(f"DEBUG DB Endpoint: {os.environ.get('DB_HOST', '<unset>')}", file=sys.stderr,
           flush=True)

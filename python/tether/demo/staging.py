@@ -90,8 +90,8 @@ class Staging:
 
 
 @contextmanager
-def silly_demo(factory: testbed.PodFactory, *, message: str = "This is a silly demo",
-               with_database: bool = True) -> Iterator[Staging]:
+def silly_demo(factory: testbed.PodFactory, *, with_database: bool = True
+               ) -> Iterator[Staging]:
     """The backend pod (app.py on :8080) with its database credentials in its environment.
 
     The database name ``silly-demo-db`` resolves only in the pod (its /etc/hosts), and the
@@ -99,7 +99,7 @@ def silly_demo(factory: testbed.PodFactory, *, message: str = "This is a silly d
     """
     log_dir = Path(tempfile.mkdtemp(prefix="tether-demo-"))
     log = log_dir / "app.log"
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "PORT": "8080", "MESSAGE": message,
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "PORT": "8080",
            "DB_HOST": "silly-demo-db", "DB_PORT": "5432"}
     cmd = ["sh", "-c", f'exec "{sys.executable}" "{APP}" >"{log}" 2>&1']
     try:
