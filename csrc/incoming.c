@@ -38,7 +38,7 @@ struct port_pair {
     uint16_t a, b;
 };
 
-static struct {
+struct in_config {
     int enabled;
     int ignore_lo;
     int n_ports, n_ignore, n_map, n_listen;
@@ -47,7 +47,8 @@ static struct {
     uint16_t ignore[IN_MAX_PORTS];
     struct port_pair map[IN_MAX_PORTS];    /* local -> remote */
     struct port_pair listen[IN_MAX_PORTS]; /* remote -> local */
-} in_cfg;
+};
+static struct in_config in_cfg;
 
 struct in_sock {
     int used;
@@ -77,9 +78,9 @@ static int parse_u16(const char **p, const char *end, uint16_t *out) {
     return 0;
 }
 
-static int parse_list(const char *key, uint16_t *out) {
+static int parse_list(const char *config, const char *key, uint16_t *out) {
     size_t len;
-    const char *v = tl_config_value(key, &len);
+    const char *v = tl_config_lookup(config, key, &len);
     int n = 0;
     if (!v) return -1;
     const char *p = v, *end = v + len;
@@ -91,9 +92,9 @@ static int parse_list(const char *key, uint16_t *out) {
     return n;
 }
 
-static int parse_pairs(const char *key, struct port_pair *out) {
+static int parse_pairs(const char *config, const char *key, struct port_pair *out) {
     size_t len;
-    const char *v = tl_config_value(key, &len);
+    const char *v = tl_config_lookup(config, key, &len);
     int n = 0;
     if (!v) return 0;
     const char *p = v, *end = v + len;
@@ -108,21 +109,23 @@ static int parse_pairs(const char *key, struct port_pair *out) {
     return n;
 }
 
-static void in_parse(void) {
+static void in_parse_from(const char *config, struct in_config *c) {
     size_t len;
-    const char *mode = tl_config_value("in_mode", &len);
-    in_cfg.enabled = mode && ((len == 6 && memcmp(mode, "mirror", 6) == 0) ||
-                              (len == 5 && memcmp(mode, "steal", 5) == 0));
-    const char *lo = tl_config_value("in_ignore_lo", &len);
-    in_cfg.ignore_lo = lo && len == 1 && lo[0] == '1';
-    int n = parse_list("in_ports", in_cfg.ports);
-    in_cfg.ports_set = n >= 0;
-    in_cfg.n_ports = n > 0 ? n : 0;
-    n = parse_list("in_ignore", in_cfg.ignore);
-    in_cfg.n_ignore = n > 0 ? n : 0;
-    in_cfg.n_map = parse_pairs("in_map", in_cfg.map);
-    in_cfg.n_listen = parse_pairs("in_listen", in_cfg.listen);
+    const char *mode = tl_config_lookup(config, "in_mode", &len);
+    c->enabled = mode && ((len == 6 && memcmp(mode, "mirror", 6) == 0) ||
+                          (len == 5 && memcmp(mode, "steal", 5) == 0));
+    const char *lo = tl_config_lookup(config, "in_ignore_lo", &len);
+    c->ignore_lo = lo && len == 1 && lo[0] == '1';
+    int n = parse_list(config, "in_ports", c->ports);
+    c->ports_set = n >= 0;
+    c->n_ports = n > 0 ? n : 0;
+    n = parse_list(config, "in_ignore", c->ignore);
+    c->n_ignore = n > 0 ? n : 0;
+    c->n_map = parse_pairs(config, "in_map", c->map);
+    c->n_listen = parse_pairs(config, "in_listen", c->listen);
 }
+
+static void in_parse(void) { in_parse_from(tl_cfg.config_var, &in_cfg); }
 
 static void in_init(void) {
     tl_init();
@@ -142,17 +145,38 @@ static int in_list(const uint16_t *list, int n, uint16_t port) {
 }
 
 /* The target port a bind of `port` serves (0: stays local), and where to bind locally. */
-static uint16_t decide(uint16_t port, int loopback, uint16_t *local_port) {
+static uint16_t decide_with(const struct in_config *c, uint16_t port, int loopback,
+                            uint16_t *local_port) {
     uint16_t remote = port;
     *local_port = port;
-    if (port == 0 || (loopback && in_cfg.ignore_lo)) return 0;
-    for (int i = 0; i < in_cfg.n_map; i++)
-        if (in_cfg.map[i].a == port) remote = in_cfg.map[i].b;
-    if (in_cfg.ports_set && !in_list(in_cfg.ports, in_cfg.n_ports, remote)) return 0;
-    if (in_list(in_cfg.ignore, in_cfg.n_ignore, remote)) return 0;
-    for (int i = 0; i < in_cfg.n_listen; i++)
-        if (in_cfg.listen[i].a == remote) *local_port = in_cfg.listen[i].b;
+    if (port == 0 || (loopback && c->ignore_lo)) return 0;
+    for (int i = 0; i < c->n_map; i++)
+        if (c->map[i].a == port) remote = c->map[i].b;
+    if (c->ports_set && !in_list(c->ports, c->n_ports, remote)) return 0;
+    if (in_list(c->ignore, c->n_ignore, remote)) return 0;
+    for (int i = 0; i < c->n_listen; i++)
+        if (c->listen[i].a == remote) *local_port = c->listen[i].b;
     return remote;
+}
+
+static uint16_t decide(uint16_t port, int loopback, uint16_t *local_port) {
+    return decide_with(&in_cfg, port, loopback, local_port);
+}
+
+/* The same decision for a given TETHER_LAYER_CONFIG text ("k=v;..."): the seccomp
+ * supervisor decides for programs the layer cannot reach with this very code.  Returns
+ * the target port served (0: stays local) or -1 when incoming traffic is off. */
+TL_EXPORT long tl_incoming_decide_with(const char *config, long port, int loopback,
+                                       long *local_port) {
+    struct in_config c;
+    uint16_t lp;
+    memset(&c, 0, sizeof c);
+    in_parse_from(config, &c);
+    if (!c.enabled) return -1;
+    if (port <= 0 || port > 65535) return 0;
+    uint16_t r = decide_with(&c, (uint16_t)port, loopback, &lp);
+    *local_port = lp;
+    return r;
 }
 
 TL_EXPORT long tl_incoming_decide(long port, int loopback, long *local_port) {

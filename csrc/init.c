@@ -58,11 +58,15 @@ static int name_in_list(const char *name, const char *list) {
 }
 
 const char *tl_config_value(const char *key, size_t *len) {
-    /* Unknown keys are ignored, so an older layer can run under a newer orchestrator. */
-    const char *p = strchr(tl_cfg.config_var, '=');
+    return tl_config_lookup(tl_cfg.config_var, key, len);
+}
+
+const char *tl_config_lookup(const char *config, const char *key, size_t *len) {
+    /* Unknown keys are ignored, so an older layer can run under a newer orchestrator.
+     * `config` may carry a "TETHER_LAYER_CONFIG=" prefix. */
+    const char *p = config;
     size_t kl = strlen(key);
-    if (!p) return NULL;
-    p++;
+    if (strncmp(p, "TETHER_LAYER_CONFIG=", 20) == 0) p += 20;
     while (*p) {
         const char *e = strchr(p, ';');
         size_t l = e ? (size_t)(e - p) : strlen(p);

@@ -47,6 +47,8 @@ TL_HIDDEN void tl_init(void);
  * length in *len (not NUL-terminated), or NULL when absent.  Features parse their own keys
  * once, at their own first use. */
 TL_HIDDEN const char *tl_config_value(const char *key, size_t *len);
+/* The same lookup in a given config text (the supervisor's and the tests' entry points). */
+TL_HIDDEN const char *tl_config_lookup(const char *config, const char *key, size_t *len);
 TL_HIDDEN void *tl_real(const char *name);
 #define TL_REAL(name)                                                                \
     static __typeof__(name) *real_##name;                                            \

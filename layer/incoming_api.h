@@ -18,3 +18,4 @@ long tl_decode_in_peer_reply(const unsigned char *buf, unsigned long len, unsign
  * port to bind locally.  For tests of the port rules (ports, ignore_ports, port_mapping,
  * listen_ports, ignore_localhost) against the current TETHER_LAYER_CONFIG. */
 long tl_incoming_decide(long port, int loopback, long *local_port);
+long tl_incoming_decide_with(const char *config, long port, int loopback, long *local_port);

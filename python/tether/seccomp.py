@@ -107,6 +107,7 @@ class Supervisor:
         self._config = orch.layer_config().encode()
         self._target_netns = _target_netns_inode(orch)
         self._warned_relay = False
+        self._requested: dict[int, int] = {}  # socket inode -> port the program asked for
 
     def start(self) -> None:
         log.debug("seccomp supervisor started (trapping %s)", ", ".join(TRAPPED))
@@ -159,6 +160,8 @@ class Supervisor:
                 await self._connect(nid, tid, args)
             elif name == "listen":
                 await self._listen(nid, tid, args)
+            elif name == "bind":
+                await self._bind(nid, tid, args)
             else:
                 self._continue(nid)
         except (ProcessLookupError, FileNotFoundError):
@@ -272,6 +275,40 @@ class Supervisor:
                 log.debug("seccomp: pid %d connect %s:%d through the target", tid, ip, port)
                 self._continue(nid)
 
+    def _decide_incoming(self, port: int, loopback: bool) -> int:
+        out = self.ffi.new("long *")
+        return int(self._layer.tl_incoming_decide_with(self._config, port, int(loopback), out))
+
+    async def _bind(self, nid: int, tid: int, args: tuple[int, ...]) -> None:
+        """A port tether serves is bound for real; taken here, another one serves it."""
+        fd, addr_ptr, addr_len = args[0] & 0xFFFFFFFF, args[1], args[2] & 0xFFFFFFFF
+        with open(f"/proc/{tid}/mem", "rb", buffering=0) as mem:
+            raw = os.pread(mem.fileno(), min(addr_len, 128), addr_ptr)
+        if not self._valid(nid):
+            return
+        parsed = _parse_sockaddr(raw)
+        sock = self._dup(tid, fd) if parsed else None
+        if parsed is None or sock is None:
+            self._continue(nid)
+            return
+        with sock:
+            family, ip, port = parsed
+            loopback = ip.startswith("127.") or ip == "::1"
+            if sock.type != socket.SOCK_STREAM or self._decide_incoming(port, loopback) <= 0:
+                self._continue(nid)
+                return
+            self._requested[os.fstat(sock.fileno()).st_ino] = port
+            try:
+                sock.bind((ip, port) if family == socket.AF_INET else (ip, port, 0, 0))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    self._answer(nid, err=exc.errno or errno.EINVAL)
+                    return
+                sock.bind((ip, 0) if family == socket.AF_INET else (ip, 0, 0, 0))
+                log.info("local port %d is taken; port %d of the target is served from "
+                         "local port %d", port, port, sock.getsockname()[1])
+            self._answer(nid, 0)
+
     async def _listen(self, nid: int, tid: int, args: tuple[int, ...]) -> None:
         fd, backlog = args[0] & 0xFFFFFFFF, int(args[1] & 0x7FFFFFFF)
         incoming = _incoming_feature(self.orch)
@@ -286,9 +323,8 @@ class Supervisor:
                 return
             addr, local_port = sock.getsockname()[:2]
             loopback = addr.startswith("127.") or addr in ("::1", "::ffff:127.0.0.1")
-            out = self.ffi.new("long *")
-            remote = self._layer.tl_incoming_decide_with(self._config, local_port,
-                                                         int(loopback), out)
+            asked = self._requested.pop(os.fstat(sock.fileno()).st_ino, local_port)
+            remote = self._decide_incoming(asked, loopback)
             if remote <= 0:
                 self._continue(nid)
                 return
@@ -298,9 +334,7 @@ class Supervisor:
             tgid = _tgid(tid)
             session = self._session(tgid)
             msg = {"t": "in_listen", "port": int(remote), "local_port": local_port,
-                   "addr": "::1" if sock.family == socket.AF_INET6 and addr == "::" else
-                   ("127.0.0.1" if addr == "0.0.0.0" else addr),
-                   "family": int(sock.family)}
+                   "addr": addr, "family": 6 if sock.family == socket.AF_INET6 else 4}
             reply = await incoming._in_listen(session, msg)  # noqa: SLF001
             log.debug("seccomp: pid %d listens on %d: %s", tgid, local_port, reply)
             self._answer(nid, 0)

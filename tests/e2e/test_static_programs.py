@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,87 @@ def test_go_resolves_cluster_names_with_the_targets_nameserver(
     assert res.returncode == 0, res.stderr
     assert "pong from behind" in res.stdout
     assert f"lookup {name}. [{behind.ip}] <nil>" in res.stdout
+
+
+TARGET_APP = (
+    "import http.server\n"
+    "class H(http.server.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        b = b'This is a silly demo\\n'\n"
+    "        self.send_response(200)\n"
+    "        self.send_header('Content-Length', str(len(b)))\n"
+    "        self.end_headers()\n"
+    "        self.wfile.write(b)\n"
+    "    def log_message(self, *a):\n"
+    "        pass\n"
+    "http.server.HTTPServer(('0.0.0.0', 8080), H).serve_forever()\n")
+
+
+@pytest.fixture(scope="module")
+def go_server(tmp_path_factory):
+    out = tmp_path_factory.mktemp("goserver")
+    subprocess.run(["go", "build", "-o", str(out / "server"), str(PROGRAMS / "server.go")],
+                   check=True, capture_output=True,
+                   env={**os.environ, "CGO_ENABLED": "0", "GO111MODULE": "off",
+                        "GOCACHE": str(out / "gocache"), "HOME": str(out)})
+    return str(out / "server")
+
+
+def _get(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return resp.read().decode().strip()
+
+
+def _run_go_server(go_server, pod, mode, tmp_path):
+    import json
+
+    cfg = tmp_path / f"{mode}.json"
+    cfg.write_text(json.dumps({"target": f"process/{pod.pid}",
+                               "feature": {"network": {"incoming": mode}}}))
+    from e2e_support import tether_cmd
+
+    proc = subprocess.Popen(tether_cmd() + ["exec", "-f", str(cfg), "--", go_server],
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if f"{'stealing' if mode == 'steal' else 'mirroring'} port 8080" in line:
+            return proc
+    raise AssertionError("the Go server's port was never subscribed")
+
+
+@pytest.mark.parametrize("local_port_taken", [False, True])
+def test_go_server_steals_the_targets_port(go_server, pod_factory, tmp_path, local_port_taken):
+    import socket
+
+    pod = pod_factory("backend", env={"APP": "backend"}, cmd=[sys.executable, "-c", TARGET_APP])
+    pod.wait_port(8080)
+    blocker = None
+    if local_port_taken:
+        blocker = socket.create_server(("0.0.0.0", 8080), reuse_port=False)
+    try:
+        proc = _run_go_server(go_server, pod, "steal", tmp_path)
+        try:
+            assert _get(f"http://{pod.ip}:8080/?user=me") == "This is a silly demo from Go"
+        finally:
+            proc.terminate()
+            _, err = proc.communicate(timeout=10)
+        assert "Handling request URI=/?user=me" in err
+    finally:
+        if blocker is not None:
+            blocker.close()
+    assert _get(f"http://{pod.ip}:8080/") == "This is a silly demo"  # the target's again
+
+
+def test_go_server_gets_a_copy_of_mirrored_requests(go_server, pod_factory, tmp_path):
+    pod = pod_factory("backend", env={"APP": "backend"}, cmd=[sys.executable, "-c", TARGET_APP])
+    pod.wait_port(8080)
+    proc = _run_go_server(go_server, pod, "mirror", tmp_path)
+    try:
+        assert _get(f"http://{pod.ip}:8080/?something=else") == "This is a silly demo"
+        time.sleep(1.0)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert "Handling request URI=/?something=else" in err
