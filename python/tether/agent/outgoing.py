@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import errno as E
-import itertools
 import logging
 import socket
 from typing import Any
 
+from .. import (
+    messages_outgoing,  # noqa: F401  (registers the message types)
+    relay,
+)
 from ..link import Link, RemoteError
-from ..messages_outgoing import RelayStream, RelayTable
 from ..protocol import Message
+from ..relay import RelayStream
 
 log = logging.getLogger("tether.agent.outgoing")
 
-_conn_ids = itertools.count(1)
 CONNECT_TIMEOUT = 75.0  # about what Linux gives a SYN with default tcp_syn_retries
 
 
@@ -73,35 +75,18 @@ async def _agent_connect(link: Link, msg: Message) -> Message:
         try:
             await asyncio.wait_for(done, CONNECT_TIMEOUT)
             result = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             result = E.ETIMEDOUT
         finally:
             loop.remove_writer(sock.fileno())
     if result != 0:
         sock.close()
         return {"t": "agent_connect_reply", "result": result}
-    table: RelayTable | None = link.state.get("out_relays")
-    if table is None:
-        table = link.state["out_relays"] = _table(link)
-    conn = next(_conn_ids)
+    table = relay.table(link)
+    conn = relay.next_conn()
     local = _local(sock)
     table.add(RelayStream(conn, sock, link.send, table.done, started=False))
     return {"t": "agent_connect_reply", "result": 0, "local": local, "conn": conn}
 
 
-def _table(link: Link) -> RelayTable:
-    table = RelayTable()
-    link.state.setdefault("cleanups", []).append(table.abort_all)
-    return table
-
-
-async def _relay_message(link: Link, msg: Message) -> None:
-    # No await before dispatch: frames of one connection are handled in arrival order.
-    table: RelayTable | None = link.state.get("out_relays")
-    if table is not None:
-        table.on_message(msg)
-    return None
-
-
-HANDLERS: dict[str, Any] = {"agent_connect": _agent_connect, "out_data": _relay_message,
-                            "out_ack": _relay_message, "out_close": _relay_message}
+HANDLERS: dict[str, Any] = {"agent_connect": _agent_connect}

@@ -21,10 +21,14 @@ import os
 import socket
 from typing import Any
 
+from .. import (
+    messages_outgoing,  # noqa: F401  (registers the message types)
+    relay,
+)
 from ..config import AddressFilter, TrafficFilter
 from ..link import Link, RemoteError
-from ..messages_outgoing import RelayStream, RelayTable
 from ..protocol import Message
+from ..relay import RelayStream, RelayTable
 
 log = logging.getLogger("tether.outgoing")
 
@@ -41,7 +45,7 @@ class Feature:
         net = orch.config.feature.network
         self.out = net.outgoing
         self.dns = net.dns
-        self.relays = RelayTable()
+        self.relays: RelayTable | None = None
         self._resolved: dict[str, list[str]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._v6_loopback: bool | None = None
@@ -58,14 +62,12 @@ class Feature:
 
     # ---- plug-in points ----
     async def start(self) -> None:
-        for kind in ("out_data", "out_ack", "out_close"):
-            self.agent.handlers[kind] = self._relay_message
-        task = asyncio.create_task(self._abort_relays_when_agent_lost())
-        self._tasks.add(task)
+        self.relays = relay.table(self.agent)  # shared with incoming; reset when the link ends
         await self._resolve_filter_names()
 
     async def stop(self) -> None:
-        self.relays.abort_all()
+        if self.relays is not None:
+            self.relays.abort_all()
         for task in self._tasks:
             task.cancel()
 
@@ -187,26 +189,19 @@ class Feature:
         loop = asyncio.get_running_loop()
         try:
             sock, _ = await asyncio.wait_for(loop.sock_accept(listener), ACCEPT_TIMEOUT)
-        except (asyncio.TimeoutError, OSError):
+        except (TimeoutError, OSError):
             with contextlib.suppress(Exception):
-                self.agent.send({"t": "out_close", "conn": conn, "errno": 110})
+                self.agent.send({"t": "relay_close", "conn": conn, "errno": 110})
             return
         finally:
             listener.close()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.relays.add(RelayStream(conn, sock, self._send_agent, self.relays.done))
-        self._send_agent({"t": "out_ack", "conn": conn, "n": 0})  # the agent may start reading
+        relays = relay.table(self.agent)
+        relays.add(RelayStream(conn, sock, self._send_agent, relays.done))
+        self._send_agent({"t": "relay_ack", "conn": conn, "n": 0})  # the agent may start reading
 
     def _send_agent(self, msg: dict[str, Any]) -> None:
         self.agent.send(msg)
-
-    async def _relay_message(self, link: Link, msg: Message) -> None:
-        self.relays.on_message(msg)
-        return None
-
-    async def _abort_relays_when_agent_lost(self) -> None:
-        await self.agent.closed.wait()
-        self.relays.abort_all()
 
 
 __all__ = ["Feature", "AddressFilter"]

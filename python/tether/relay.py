@@ -1,0 +1,248 @@
+"""Byte streams multiplexed over a Link, for links that cannot carry descriptors.
+
+Both outgoing connections (the agent's socket to a host only the pod reaches) and incoming
+streams (a stolen client socket, or the socketpair end the agent feeds with filtered
+requests or mirrored copies) use this when ``link.can_pass_fds`` is False (TCP links to
+Kubernetes agents) or a relay is forced (TETHER_OUTGOING_RELAY / TETHER_INCOMING_RELAY).
+
+Messages (both directions, no reply), keyed by ``conn``, a number the agent assigns
+(one counter for every feature, so one table per link serves them all):
+
+  ``relay_data``  {conn, data}   bytes read from one end, written to the other in order
+  ``relay_ack``   {conn, n}      n bytes were written; ``n`` = 0 is "start": the side
+                                 that registered a stream before the other knew its
+                                 number reads nothing until this first ack arrives
+  ``relay_close`` {conn, errno}  EOF (errno 0: half-close, SHUT_WR on the other end) or a
+                                 failure (errno != 0: the other end is reset, SO_LINGER 0)
+
+Flow control: at most WINDOW bytes unacknowledged per stream and direction, so a slow
+reader on either side stops the reading on the other instead of growing buffers. A stream
+ends when both directions are done, or at the first failure. When the link closes, every
+stream of its table is reset: an error, not a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno as E
+import itertools
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from . import protocol
+
+log = logging.getLogger("tether.relay")
+
+protocol.register("relay_data", {"conn": (int, True), "data": (bytes, True)})
+protocol.register("relay_ack", {"conn": (int, True), "n": (int, True)})
+protocol.register("relay_close", {"conn": (int, True), "errno": (int, False)})
+
+KINDS = ("relay_data", "relay_ack", "relay_close")
+
+# Bytes in flight per relayed stream before the reader waits for acks: enough to keep
+# a link busy, small enough that a slow reader cannot make the other side buffer a download.
+WINDOW = 4 * 1024 * 1024
+CHUNK = 256 * 1024
+
+_conn_ids = itertools.count(1)
+
+
+def next_conn() -> int:
+    """A stream number (the agent assigns them; one counter for every feature)."""
+    return next(_conn_ids)
+
+
+class RelayStream:
+    """One end of a relayed stream: a local socket <-> ``relay_data`` frames on a link.
+
+    Bytes read from the socket go out as ``relay_data`` (at most WINDOW unacknowledged);
+    ``relay_data`` received is written to the socket in arrival order and acknowledged once
+    written.  EOF becomes ``relay_close``; ``relay_close`` received shuts the socket down
+    (errno != 0: reset, so the program sees ECONNRESET rather than a clean EOF).  A local
+    failure (the socket errors, or the stream is closed before both directions finished)
+    tells the other end with a non-zero errno, so neither side is left waiting.
+
+    ``started=False``: read nothing until the other end's first ``relay_ack``.
+    ``discard=True``: bytes read from the socket are dropped, not sent (a mirrored copy:
+    the program's answers go nowhere); EOF is still reported.
+    """
+
+    def __init__(self, conn: int, sock: socket.socket, send: Callable[[dict[str, Any]], None],
+                 on_done: Callable[[int], None], started: bool = True,
+                 discard: bool = False) -> None:
+        self.conn = conn
+        self.sock = sock
+        sock.setblocking(False)
+        self._send = send
+        self._on_done = on_done
+        self._discard = discard
+        self._loop = asyncio.get_running_loop()
+        self._unacked = 0
+        self._acked = asyncio.Event()
+        self._started = asyncio.Event()
+        if started:
+            self._started.set()
+        self._outq: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._read_done = False
+        self._write_done = False
+        self._close_sent = False
+        self._closed = False
+        self._tasks = [self._loop.create_task(self._reader()),
+                       self._loop.create_task(self._writer())]
+
+    # -- from the link --
+    def on_data(self, data: bytes) -> None:
+        self._outq.put_nowait(data)
+
+    def on_ack(self, n: int) -> None:
+        self._started.set()
+        self._unacked -= n
+        self._acked.set()
+
+    def on_close(self, err: int) -> None:
+        if err:
+            self._close_sent = True  # the other end is gone: nothing to tell it
+            self.abort()
+        else:
+            self._outq.put_nowait(None)
+
+    # -- pumps --
+    def _tell(self, msg: dict[str, Any]) -> bool:
+        try:
+            self._send(msg)
+        except Exception:  # the link went away: the table resets everything
+            return False
+        return True
+
+    async def _reader(self) -> None:
+        err = 0
+        try:
+            await self._started.wait()
+            while True:
+                while self._unacked >= WINDOW:
+                    self._acked.clear()
+                    await self._acked.wait()
+                data = await self._loop.sock_recv(self.sock, CHUNK)
+                if not data:
+                    break
+                if self._discard:
+                    continue
+                self._unacked += len(data)
+                if not self._tell({"t": "relay_data", "conn": self.conn, "data": data}):
+                    return
+        except asyncio.CancelledError:
+            return
+        except OSError as exc:
+            err = exc.errno or E.ECONNRESET
+        self._close_sent = True
+        self._tell({"t": "relay_close", "conn": self.conn, "errno": err})
+        if err:
+            self.abort()
+            return
+        self._read_done = True
+        self._maybe_done()
+
+    async def _writer(self) -> None:
+        try:
+            while True:
+                data = await self._outq.get()
+                if data is None:
+                    with contextlib.suppress(OSError):
+                        self.sock.shutdown(socket.SHUT_WR)
+                    break
+                await self._loop.sock_sendall(self.sock, data)
+                self._tell({"t": "relay_ack", "conn": self.conn, "n": len(data)})
+        except asyncio.CancelledError:
+            return
+        except OSError:
+            self.abort()
+            return
+        self._write_done = True
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        if self._read_done and self._write_done:
+            self.close()
+
+    def abort(self) -> None:
+        """Reset the connection (a side failed): the program sees ECONNRESET."""
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        self.close(E.ECONNRESET)
+
+    def close(self, err: int = 0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if not self._close_sent:
+            # Closed before our reading side reported its end: the other end must not wait.
+            self._close_sent = True
+            self._tell({"t": "relay_close", "conn": self.conn, "errno": err or E.ECONNRESET})
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        self._on_done(self.conn)
+
+
+class RelayTable:
+    """The relayed streams of one link, by stream number."""
+
+    def __init__(self) -> None:
+        self.streams: dict[int, RelayStream] = {}
+        self._done_hooks: dict[int, Callable[[], None]] = {}
+
+    def add(self, stream: RelayStream, on_done: Callable[[], None] | None = None) -> None:
+        self.streams[stream.conn] = stream
+        if on_done is not None:
+            self._done_hooks[stream.conn] = on_done
+
+    def done(self, conn: int) -> None:
+        self.streams.pop(conn, None)
+        hook = self._done_hooks.pop(conn, None)
+        if hook is not None:
+            hook()
+
+    def on_message(self, msg: dict[str, Any]) -> None:
+        stream = self.streams.get(msg["conn"])
+        if stream is None:
+            return
+        if msg["t"] == "relay_data":
+            stream.on_data(msg["data"])
+        elif msg["t"] == "relay_ack":
+            stream.on_ack(msg["n"])
+        else:
+            stream.on_close(int(msg.get("errno", 0) or 0))
+
+    def abort_all(self) -> None:
+        for stream in list(self.streams.values()):
+            stream.abort()
+
+
+def table(link: Any) -> RelayTable:
+    """The relay table of ``link`` (either side), made and wired on first use: the link's
+    ``relay_*`` messages go to it, and its streams are reset when the link closes."""
+    tab: RelayTable | None = link.state.get("relays")
+    if tab is not None:
+        return tab
+    tab = link.state["relays"] = RelayTable()
+
+    async def on_message(_link: Any, msg: dict[str, Any]) -> None:
+        # No await before dispatch: frames of one stream are handled in arrival order.
+        tab.on_message(msg)
+        return None
+
+    for kind in KINDS:
+        link.handlers[kind] = on_message
+
+    async def reset_when_closed() -> None:
+        await link.closed.wait()
+        tab.abort_all()
+
+    task = asyncio.get_running_loop().create_task(reset_when_closed())
+    link.state["relays_watch"] = task  # keep a reference
+    return tab
