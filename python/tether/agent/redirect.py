@@ -25,6 +25,15 @@ Why it looks like this:
   of the process' credentials) and optionally the agent's group id (``meta skgid``), for
   an agent run with a dedicated gid so that every socket it creates is exempt.
 
+* Several sessions on one target (a team sharing a staging): each agent has its own table,
+  mark and chain priority. A newer table hooks *before* the older ones and exempts the
+  marks of every older agent; its agent passes what its filter does not take on with its
+  own mark, which the older tables do not exempt, so the next older agent sees it and
+  applies its own filter, and the oldest passes the rest to the application. Every
+  developer gets exactly the requests their filter matches, and whoever leaves takes
+  only their table with them. (Two agents created at the very same moment may pick the
+  same place in the chain: then one of them sees all new connections first.)
+
 The original destination of a redirected connection is kept by conntrack;
 :func:`original_dst` reads it with ``getsockopt(SO_ORIGINAL_DST)``.
 """
@@ -34,6 +43,7 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import os
+import re
 import socket
 import struct
 import threading
@@ -41,8 +51,11 @@ from typing import Self
 
 LIBNFTABLES = "libnftables.so.1"
 
-#: Socket mark that exempts a socket from the ``output`` redirect (ASCII "teth").
+#: Socket mark of the first agent in a namespace (ASCII "teth"); later agents count up.
 BYPASS_MARK = 0x74657468
+#: The mark this process' agent uses (set by its Redirector; see :func:`bypass`).
+_process_mark = BYPASS_MARK
+_MARK_RE = re.compile(r"meta mark != (?:\{([^}]*)\}|(0x[0-9a-f]+))")
 
 # linux/netfilter_ipv4.h and linux/netfilter_ipv6/ip6_tables.h
 SO_ORIGINAL_DST = 80
@@ -148,11 +161,11 @@ class Redirector:
         self,
         table_name: str | None = None,
         skgid: int | None = None,
-        bypass_mark: int = BYPASS_MARK,
+        bypass_mark: int | None = None,
     ) -> None:
+        global _process_mark
         self.table = table_name or f"tether_{os.getpid()}"
         self.skgid = skgid
-        self.bypass_mark = bypass_mark
         self._ports: dict[int, int] = {}
         self._nft: _Nft | None = None
         if not _has_cap_net_admin():
@@ -161,8 +174,16 @@ class Redirector:
                 "namespace to install its nftables redirect"
             )
         nft = _Nft()
+        older = _older_marks(nft)
+        if bypass_mark is None:
+            bypass_mark = max(older, default=BYPASS_MARK - 1) + 1
+        self.bypass_mark = bypass_mark
+        _process_mark = bypass_mark
+        # Newer tables hook earlier: one priority step per place in the chain.
+        self.priority = -100 - (bypass_mark - BYPASS_MARK + 1)
         t = f"inet {self.table}"
-        exempt = f"meta mark != {bypass_mark:#x} "
+        marks = ", ".join(f"{m:#x}" for m in sorted(older | {bypass_mark}))
+        exempt = f"meta mark != {{ {marks} }} "
         if skgid is not None:
             exempt += f"meta skgid != {int(skgid)} "
         # Only connection openings (SYN without ACK): the first NAT rules in a namespace
@@ -176,9 +197,11 @@ class Redirector:
             nft.run(
                 f"add table {t} {{ flags owner; }}\n"
                 f"add map {t} redirects {{ type inet_service : inet_service; }}\n"
-                f"add chain {t} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}\n"
-                f"add chain {t} output {{ type nat hook output priority -100; policy accept; }}\n"
-                f"add rule {t} prerouting {redirect}\n"
+                f"add chain {t} prerouting {{ type nat hook prerouting priority "
+                f"{self.priority}; policy accept; }}\n"
+                f"add chain {t} output {{ type nat hook output priority {self.priority}; "
+                "policy accept; }\n"
+                f"add rule {t} prerouting {exempt}{redirect}\n"
                 f"add rule {t} output {exempt}{redirect}\n"
             )
         except BaseException:
@@ -251,9 +274,28 @@ def _port(value: int) -> int:
     return port
 
 
-def bypass(sock: socket.socket, mark: int = BYPASS_MARK) -> None:
-    """Exempt ``sock`` from the ``output`` redirect (call before ``connect``)."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+def bypass(sock: socket.socket, mark: int | None = None) -> None:
+    """Exempt ``sock`` from this agent's redirect and the newer agents' ones (call before
+    ``connect``); older agents' tables still see it. Default: this process' mark."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, _process_mark if mark is None else mark)
+
+
+def _older_marks(nft: _Nft) -> set[int]:
+    """The marks of the agents whose tables are already in this namespace."""
+    marks: set[int] = set()
+    for line in nft.run("list tables\n").splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "table" and parts[2].startswith("tether_"):
+            try:
+                listing = nft.run(f"list chain {parts[1]} {parts[2]} output\n")
+            except RedirectError:
+                continue  # it went away meanwhile
+            for group, single in _MARK_RE.findall(listing):
+                for item in (group or single).split(","):
+                    item = item.strip()
+                    if item:
+                        marks.add(int(item, 16))
+    return marks
 
 
 def original_dst(sock: socket.socket) -> tuple[str, int]:
