@@ -5,8 +5,10 @@ layer -> orchestrator
                                               served locally at addr:local_port
   in_peer {port, listen_port}                 who is the relay connection from local `port`?
 orchestrator -> agent
-  in_subscribe {port, mode, filter?}          mirror or steal `port` (filter: mirrord's
-                                              http_filter mapping, with optional ports)
+  in_subscribe {port, mode, filter?, relay?}  mirror or steal `port` (filter: mirrord's
+                                              http_filter mapping, with optional ports;
+                                              relay: hand streams over as relay streams,
+                                              not descriptors)
   in_unsubscribe {port}
 agent -> orchestrator
   in_conn {conn, port, peer_addr, peer_port, mode} + one descriptor: a stream to deliver to
@@ -14,7 +16,12 @@ agent -> orchestrator
                                               itself, or one end of a socketpair the agent
                                               feeds); reply ok=False when nobody listens
                                               any more (the agent then serves it from the
-                                              target, and the orchestrator unsubscribes)
+                                              target, and the orchestrator unsubscribes).
+                                              relay=True: no descriptor; ``conn`` numbers a
+                                              relay stream (tether.relay). On ok=True the
+                                              agent registers its end and sends
+                                              relay_ack n=0, which starts the
+                                              orchestrator's end.
   in_lost {port, reason}                      a subscription broke inside the agent
 """
 
@@ -35,12 +42,13 @@ def _register() -> None:
     reg("in_peer", {"id": (_I, True), "port": (_I, True), "listen_port": (_I, False)})
     reg("in_peer_reply", {"id": (_I, True), "addr": (object, True), "port": (_I, True)})
     reg("in_subscribe", {"id": (_I, True), "port": (_I, True), "mode": (_S, True),
-                         "filter": (object, False)})
+                         "filter": (object, False), "relay": (_B, False)})
     reg("in_subscribe_reply", {"id": (_I, True), "port": (_I, True)})
     reg("in_unsubscribe", {"id": (_I, True), "port": (_I, True)})
     reg("in_unsubscribe_reply", {"id": (_I, True)})
     reg("in_conn", {"id": (_I, True), "conn": (_I, True), "port": (_I, True),
-                    "peer_addr": (_S, True), "peer_port": (_I, True), "mode": (_S, True)})
+                    "peer_addr": (_S, True), "peer_port": (_I, True), "mode": (_S, True),
+                    "relay": (_B, False)})
     reg("in_conn_reply", {"id": (_I, True), "ok": (_B, True)})
     reg("in_lost", {"port": (_I, True), "reason": (_S, True)})
 

@@ -20,6 +20,11 @@ sent here when the port is unsubscribed are still served (routed to the applicat
 
 Mirror: :mod:`.incoming_mirror` (packet sockets; never in the data path).
 
+Relay (``in_subscribe`` with ``relay``, or a link that cannot carry descriptors: TCP links
+to Kubernetes agents): every hand-over above sends ``in_conn`` with ``relay`` and a stream
+number instead of the descriptor, and the agent keeps (a duplicate of) the socket and
+relays its bytes over the link (:mod:`tether.relay`); the orchestrator's side is the same.
+
 Everything belongs to the link: when the orchestrator goes away the redirect table (owner
 flag: even on SIGKILL), the listener and the sniffers go with the agent.
 """
@@ -34,13 +39,16 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from .. import messages_incoming  # noqa: F401  (registers the message types)
+from .. import (
+    messages_incoming,  # noqa: F401  (registers the message types)
+    relay,
+)
 from ..http import RequestMatcher, compile_filter
 from ..link import Link, LinkClosed, RemoteError
 from ..protocol import Message
 from .incoming_http import Router, splice
 from .incoming_mirror import Sniffer
-from .redirect import Redirector, RedirectError, bypass, original_dst
+from .redirect import RedirectError, Redirector, bypass, original_dst
 
 log = logging.getLogger("tether.agent.incoming")
 
@@ -64,11 +72,14 @@ class IncomingAgent:
         self.listen_port = 0
         self._accept_task: asyncio.Task[None] | None = None
         self._conn_ids = itertools.count(1)
+        # Hand streams over as relay streams instead of descriptors.
+        self.relay = not link.can_pass_fds
         self._tasks: set[asyncio.Task[Any]] = set()
         link.state.setdefault("cleanups", []).append(self.close)
 
     # ---- subscriptions ----
-    async def subscribe(self, port: int, mode: str, spec: Any) -> None:
+    async def subscribe(self, port: int, mode: str, spec: Any, use_relay: bool = False) -> None:
+        self.relay = use_relay or not self.link.can_pass_fds
         if port in self.subs:
             await self.unsubscribe(port)
         if mode == "mirror":
@@ -195,16 +206,44 @@ class IncomingAgent:
 
     async def _to_dev(self, sock: socket.socket, port: int, peer_addr: str, peer_port: int,
                       mode: str) -> bool:
-        """Hand a stream to the orchestrator; False if the program no longer listens."""
+        """Hand a stream to the orchestrator; False if the program no longer listens.
+
+        The caller keeps ``sock`` and closes it as usual: fd mode passes a copy, relay mode
+        keeps a duplicate in the relay stream."""
+        if self.relay:
+            return await self._to_dev_relay(sock, port, peer_addr, peer_port, mode)
         try:
             reply = await self.link.call(
                 {"t": "in_conn", "conn": next(self._conn_ids), "port": port,
                  "peer_addr": peer_addr, "peer_port": peer_port, "mode": mode},
                 timeout=CONNECT_TIMEOUT, fds=[sock.fileno()])
-        except (LinkClosed, RemoteError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, LinkClosed, RemoteError, OSError) as exc:
             log.warning("cannot hand a connection on port %d to the developer: %s", port, exc)
             return False
         return bool(reply.get("ok"))
+
+    async def _to_dev_relay(self, sock: socket.socket, port: int, peer_addr: str,
+                            peer_port: int, mode: str) -> bool:
+        conn = relay.next_conn()
+        try:
+            reply = await self.link.call(
+                {"t": "in_conn", "conn": conn, "port": port, "peer_addr": peer_addr,
+                 "peer_port": peer_port, "mode": mode, "relay": True},
+                timeout=CONNECT_TIMEOUT)
+        except (TimeoutError, LinkClosed, RemoteError, OSError) as exc:
+            log.warning("cannot hand a connection on port %d to the developer: %s", port, exc)
+            with contextlib.suppress(LinkClosed):  # in case the answer was only late
+                self.link.send({"t": "relay_close", "conn": conn, "errno": 110})
+            return False
+        if not reply.get("ok"):
+            return False
+        table = relay.table(self.link)
+        table.add(relay.RelayStream(conn, sock.dup(), self.link.send, table.done))
+        try:
+            self.link.send({"t": "relay_ack", "conn": conn, "n": 0})  # the other end starts
+        except LinkClosed:
+            table.streams[conn].abort()
+        return True
 
     async def _connect_app(self, dst: tuple[str, int]) -> socket.socket | None:
         family = socket.AF_INET6 if ":" in dst[0] else socket.AF_INET
@@ -215,7 +254,7 @@ class IncomingAgent:
             sock.setblocking(False)
             await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, dst),
                                    CONNECT_TIMEOUT)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             log.warning("cannot reach the application at %s:%d: %s", dst[0], dst[1], exc)
             sock.close()
             return None
@@ -282,7 +321,8 @@ def _state(link: Link) -> IncomingAgent:
 
 
 async def _subscribe(link: Link, msg: Message) -> Message:
-    await _state(link).subscribe(int(msg["port"]), str(msg["mode"]), msg.get("filter"))
+    await _state(link).subscribe(int(msg["port"]), str(msg["mode"]), msg.get("filter"),
+                                 bool(msg.get("relay")))
     return {"t": "in_subscribe_reply", "port": int(msg["port"])}
 
 

@@ -9,6 +9,11 @@ program's answers are read and dropped). Before connecting it binds its own end,
 ``in_peer`` question the layer's accept hook asks ("who is local port N?") is answered
 with the real remote client.
 
+Links that cannot carry descriptors (Kubernetes: TCP through a port-forward), or
+TETHER_INCOMING_RELAY=1: the subscription asks for relay streams; ``in_conn`` then names a
+stream number instead of carrying a descriptor, and the bytes travel over the agent link
+(:mod:`tether.relay`, shared with outgoing). The program's side is the same either way.
+
 Lifecycle: a port is unsubscribed when the process that listened ends, or at the first
 connection the program refuses (it stopped listening); the target serves it at once. A
 subscription that breaks in the agent (``in_lost``) is re-established once, else the
@@ -20,11 +25,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import messages_incoming  # noqa: F401  (registers the message types)
+from .. import (
+    messages_incoming,  # noqa: F401  (registers the message types)
+    relay,
+)
 from ..config import HttpFilter, IncomingConfig
 from ..link import Link, LinkClosed, RemoteError
 from ..protocol import Message
@@ -33,6 +42,10 @@ log = logging.getLogger("tether")
 
 READ_SIZE = 262144
 CONNECT_TIMEOUT = 2.0
+
+
+def relay_forced() -> bool:
+    return os.environ.get("TETHER_INCOMING_RELAY", "") not in ("", "0", "false", "no")
 
 
 @dataclass
@@ -117,9 +130,14 @@ class Feature:
             spec["ports"] = list(c.http_filter_ports)
         return spec
 
+    def _relayed(self) -> bool:
+        return relay_forced() or not self.orch.agent.can_pass_fds
+
     async def _subscribe(self, port: int) -> None:
         agent = self.orch.agent
         msg: dict[str, Any] = {"t": "in_subscribe", "port": port, "mode": self.cfg.mode}
+        if self._relayed():
+            msg["relay"] = True
         spec = self._spec(port)
         if spec is not None:
             msg["filter"] = spec
@@ -135,13 +153,14 @@ class Feature:
             if sub is None:
                 try:
                     await self._subscribe(port)
-                except (RemoteError, LinkClosed, asyncio.TimeoutError) as exc:
+                except (TimeoutError, RemoteError, LinkClosed) as exc:
                     self._end(f"cannot {self.cfg.mode} port {port} of the target: {exc}")
                     return {"t": "in_listen_reply", "ok": False}
                 sub = self.subs[port] = PortSub(port)
-                log.info("%s port %d of the target -> local %s:%d",
+                log.info("%s port %d of the target -> local %s:%d%s",
                          "stealing" if self.cfg.mode == "steal" else "mirroring", port,
-                         listener.addr, listener.port)
+                         listener.addr, listener.port,
+                         " (relayed over the agent link)" if self._relayed() else "")
             sub.listeners.append(listener)
         asyncio.get_running_loop().create_task(self._watch_session(link, port, listener))
         return {"t": "in_listen_reply", "ok": True}
@@ -172,6 +191,8 @@ class Feature:
 
     # ---- agent requests ----
     async def _in_conn(self, link: Link, msg: Message) -> Message:
+        if msg.get("relay"):
+            return await self._in_conn_relay(link, msg)
         fds = msg.pop("_fds", [])
         if not fds:
             return {"t": "in_conn_reply", "ok": False}
@@ -199,6 +220,31 @@ class Feature:
         task.add_done_callback(self.relays.discard)
         return {"t": "in_conn_reply", "ok": True}
 
+    async def _in_conn_relay(self, link: Link, msg: Message) -> Message:
+        """The agent keeps the stream and relays it: connect to the program and register our
+        end (started by the agent's first ack, so nothing overtakes this reply)."""
+        port, conn = int(msg["port"]), int(msg["conn"])
+        sub = self.subs.get(port)
+        local = None
+        if sub is not None:
+            local = await self._connect_local(sub, (str(msg["peer_addr"]), int(msg["peer_port"])))
+        if local is None or link.closed.is_set():
+            if local is not None:
+                self.peers.pop(local[1], None)
+                local[0].close()
+            self.stats["refused"] += 1
+            if sub is not None:
+                asyncio.get_running_loop().create_task(
+                    self._drop(port, "the local program no longer accepts connections"))
+            return {"t": "in_conn_reply", "ok": False}
+        self.stats["conns"] += 1
+        sock, lport = local
+        table = relay.table(link)
+        stream = relay.RelayStream(conn, sock, link.send, table.done, started=False,
+                                   discard=msg["mode"] == "mirror")
+        table.add(stream, on_done=lambda: self.peers.pop(lport, None))
+        return {"t": "in_conn_reply", "ok": True}
+
     async def _connect_local(self, sub: PortSub, peer: tuple[str, int]
                              ) -> tuple[socket.socket, int] | None:
         loop = asyncio.get_running_loop()
@@ -221,7 +267,7 @@ class Feature:
                 await asyncio.wait_for(loop.sock_connect(sock, (addr, listener.port)),
                                        CONNECT_TIMEOUT)
                 return sock, lport
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 log.debug("local listener %s:%d: %s", addr, listener.port, exc)
                 if lport is not None:
                     self.peers.pop(lport, None)
@@ -263,6 +309,6 @@ class Feature:
             await self._subscribe(port)
             log.warning("tether: port %d is %s again", port,
                         "stolen" if self.cfg.mode == "steal" else "mirrored")
-        except (RemoteError, LinkClosed, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RemoteError, LinkClosed) as exc:
             self._end(f"lost the {self.cfg.mode} of port {port} and could not restore it: {exc}")
         return None
