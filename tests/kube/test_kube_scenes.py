@@ -1,0 +1,173 @@
+"""The seed's scenes on a Kubernetes target, through the stand-in API server: the agent
+link is a TCP port-forward that cannot carry descriptors, so every incoming stream and
+every outgoing connection travels through the relay (tether.relay).
+
+The configs are the seed's own files (tests/configs/{mirror,steal,filter}.json:
+``deployment/silly-demo`` in namespace ``staging``), used unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from e2e_support import tether_cmd
+
+TESTS = Path(__file__).resolve().parent.parent
+CONFIGS = TESTS / "configs"
+SILLY = str(TESTS / "e2e" / "incoming" / "silly_server.py")
+PORT = 8080
+TARGET_ANSWER = "This is a silly demo\n"
+LOCAL_ANSWER = "This is a silly demo with tether\n"
+
+
+class KubeSession:
+    """`tether exec -f <seed config>` running the local silly server, in the background."""
+
+    def __init__(self, env: dict[str, str], config: str, tmp: Path,
+                 argv: list[str] | None = None) -> None:
+        argv = argv or [sys.executable, SILLY, str(PORT), LOCAL_ANSWER.strip()]
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            tether_cmd() + ["exec", "-f", str(CONFIGS / config), "--", *argv],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp, env=env,
+            start_new_session=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, text: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            if self.proc.poll() is not None:
+                time.sleep(0.2)
+                if any(text in line for line in self.lines):
+                    return
+                raise AssertionError(f"tether exited ({self.proc.returncode}):\n{self.output}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {text!r} after {timeout}s:\n{self.output}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._reader.join(2)
+
+
+@pytest.fixture
+def silly(kube):
+    """deployment/silly-demo in staging, its pod serving the target's answer on 8080."""
+    [pod] = kube.deploy("silly-demo", "staging",
+                        cmd=[sys.executable, SILLY, str(PORT), TARGET_ANSWER.strip()])
+    netns = kube.netns[pod["metadata"]["name"]]
+    netns.wait_port(PORT)
+    return netns
+
+
+@pytest.fixture
+def kube_session(kube_env, tmp_path):
+    started: list[KubeSession] = []
+
+    def start(config: str, argv: list[str] | None = None) -> KubeSession:
+        s = KubeSession(kube_env, config, tmp_path, argv)
+        started.append(s)
+        s.wait_for("port 8080 of the target")
+        assert any("(relayed over the agent link)" in line for line in s.lines), s.output
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+def curl(pod, path: str = "/") -> str:
+    res = subprocess.run(["curl", "-sS", "-m", "5", f"http://{pod.ip}:{PORT}{path}"],
+                         capture_output=True, text=True, timeout=10)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def target_answers_within(pod, seconds: float) -> None:
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        res = subprocess.run(["curl", "-sS", "-m", "1", f"http://{pod.ip}:{PORT}/probe"],
+                             capture_output=True, text=True)
+        if res.stdout == TARGET_ANSWER:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the target did not answer again within {seconds}s")
+
+
+def test_mirror_target_answers_and_local_program_logs_a_copy(silly, kube_session):
+    s = kube_session("mirror.json")
+    assert curl(silly, "/?mirrored=1") == TARGET_ANSWER
+    s.wait_for("Handling request URI=/?mirrored=1", timeout=5)
+
+
+def test_steal_local_answers_then_target_again_after_exit(silly, kube_session):
+    s = kube_session("steal.json")
+    assert curl(silly, "/?stolen=1") == LOCAL_ANSWER
+    s.wait_for("Handling request URI=/?stolen=1", timeout=5)
+    line = next(l for l in s.lines if "URI=/?stolen=1" in l)
+    assert "peer=198.18." in line, line  # the real client, not the relay on loopback
+    s.stop()
+    target_answers_within(silly, 2)
+
+
+def test_filter_vfarcic_local_others_target(silly, kube_session):
+    s = kube_session("filter.json")
+    assert curl(silly, "/?user=vfarcic") == LOCAL_ANSWER
+    assert curl(silly, "/?user=someone") == TARGET_ANSWER
+    assert curl(silly, "/") == TARGET_ANSWER
+    s.wait_for("URI=/?user=vfarcic", timeout=5)
+    assert "URI=/?user=someone" not in s.output
+
+
+ECHO = r'''
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 7000)); s.listen(8)
+while True:
+    c, a = s.accept(); d = c.recv(1024); c.sendall(b"pong " + d + b" from " + a[0].encode()); c.close()
+'''
+CLIENT = r'''
+import socket, sys
+print("resolved:", socket.gethostbyname(sys.argv[1]), flush=True)
+c = socket.create_connection((sys.argv[1], 7000), timeout=5)
+c.sendall(b"ping"); print("reply:", c.recv(1024).decode(), flush=True)
+'''
+
+
+def test_outgoing_and_dns_reach_what_only_the_pod_reaches(kube, pod_factory, kube_tether):
+    [pod] = kube.deploy("silly-demo", "staging")
+    front = kube.netns[pod["metadata"]["name"]]
+    db = pod_factory("db", behind=front, cmd=[sys.executable, "-c", ECHO])
+    front.exec(["sh", "-c", f"for i in $(seq 50); do nc -z {db.ip} 7000 && exit 0; "
+                            "sleep 0.1; done; exit 1"])
+    # A name only the pod knows (its /etc/hosts; the file is the pod's, edited in place).
+    with open(front.root / "etc" / "hosts", "a") as hosts:
+        hosts.write(f"{db.ip}\tdb.internal\n")
+    res = kube_tether([sys.executable, "-c", CLIENT, "db.internal"],
+                      args=["-f", str(CONFIGS / "steal.json")])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"resolved: {db.ip}" in res.stdout
+    assert "reply: pong ping from" in res.stdout, res.stdout
