@@ -6,6 +6,10 @@
   the local program;
 - passed-through requests (filter does not match: the agent's router forwards them to the
   application) vs straight to the target without any session;
+- the relay path Kubernetes targets take (TETHER_INCOMING_RELAY=1: the agent keeps the
+  stolen socket and its bytes travel as relay_data frames over the agent link): stolen
+  requests, without and with the filter, vs straight to the local program, and vs the
+  handed-over socket;
 - the target's own latency with mirroring on vs off (goal <= 1.05: the sniffer is not in
   the data path).
 
@@ -34,12 +38,17 @@ class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
     def do_GET(self):
+        if self.path.startswith("/big"):
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BIG))
+            self.wfile.write(BIG)
+            return
         self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(MSG), MSG))
     def log_message(self, *a): pass
 class S(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 MSG = (sys.argv[2] + "\n").encode()
+BIG = b"x" * (32 << 20)
 S(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
 '''
 
@@ -68,14 +77,29 @@ def _measure(host: str, port: int, path: str, n: int = N) -> dict[str, float]:
             "rps": n / total}
 
 
+def _bulk(host: str, port: int, tries: int = 2) -> float:
+    """MB/s of the best of ``tries`` 32 MiB downloads on a fresh connection."""
+    best = 0.0
+    for _ in range(tries):
+        conn = http.client.HTTPConnection(host, port, timeout=30)
+        t0 = time.perf_counter()
+        conn.request("GET", "/big")
+        n = len(conn.getresponse().read())
+        best = max(best, n / (time.perf_counter() - t0) / 1e6)
+        conn.close()
+    return best
+
+
 class _Session:
-    def __init__(self, ctx: BenchContext, pod: Any, incoming: dict[str, Any], server: str):
+    def __init__(self, ctx: BenchContext, pod: Any, incoming: dict[str, Any], server: str,
+                 relay: bool = False):
         cfg = ctx.workdir / f"incoming-{time.monotonic_ns()}.json"
         cfg.write_text(json.dumps({"feature": {"network": {"incoming": incoming}}}))
         argv = ctx.tether_exec(pod, [sys.executable, server, str(PORT), "local"],
                                args=["-f", str(cfg)])
+        env = {**os.environ, "TETHER_INCOMING_RELAY": "1" if relay else "0"}
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, start_new_session=True)
+                                     text=True, start_new_session=True, env=env)
         self.lines: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
         deadline = time.monotonic() + 20
@@ -127,11 +151,13 @@ def run(ctx: BenchContext) -> list[dict[str, Any]]:
                 except OSError:
                     time.sleep(0.05)
             local = _measure("127.0.0.1", DIRECT_LOCAL_PORT, "/")
+            local_bulk = _bulk("127.0.0.1", DIRECT_LOCAL_PORT)
             target_off = _measure(pod.ip, PORT, "/")
 
             s = _Session(ctx, pod, {"mode": "steal"}, str(server))
             try:
                 stolen = _measure(pod.ip, PORT, "/")
+                stolen_bulk = _bulk(pod.ip, PORT)
             finally:
                 s.stop()
             out += _figures("stolen (no filter) vs straight to the local program",
@@ -148,6 +174,33 @@ def run(ctx: BenchContext) -> list[dict[str, Any]]:
                             matched, local)
             out += _figures("passed through (filter does not match) vs straight to the "
                             "target", passed, target_off)
+
+            s = _Session(ctx, pod, {"mode": "steal"}, str(server), relay=True)
+            try:
+                relayed = _measure(pod.ip, PORT, "/")
+                relayed_bulk = _bulk(pod.ip, PORT)
+            finally:
+                s.stop()
+            out += _figures("stolen through the relay (Kubernetes path) vs straight to the "
+                            "local program", relayed, local)
+            out += _figures("stolen through the relay vs stolen with the handed-over socket",
+                            relayed, stolen)
+            out.append(figure("32 MiB answer, stolen with the handed-over socket vs straight "
+                              "to the local program", "MB/s", stolen_bulk, local_bulk,
+                              better="higher"))
+            out.append(figure("32 MiB answer, stolen through the relay vs straight to the "
+                              "local program", "MB/s", relayed_bulk, local_bulk,
+                              better="higher"))
+
+            s = _Session(ctx, pod, {"mode": "steal",
+                                    "http_filter": {"path_filter": "user=me"}}, str(server),
+                         relay=True)
+            try:
+                relayed_matched = _measure(pod.ip, PORT, "/?user=me")
+            finally:
+                s.stop()
+            out += _figures("stolen through the HTTP filter and the relay vs straight to the "
+                            "local program", relayed_matched, local)
 
             s = _Session(ctx, pod, {"mode": "mirror"}, str(server))
             try:
