@@ -124,3 +124,32 @@ def test_agent_sigkill_target_serves_again_within_2s(target, session):
         got = None
     assert got != LOCAL_ANSWER
     conn.close()
+
+
+RESETTER = r'''
+import socket, struct, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8080)); s.listen(8)
+while True:
+    c, a = s.accept()
+    c.recv(65536)
+    print("resetting", a[0], flush=True)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+'''
+
+
+def test_a_reset_by_the_program_reaches_the_client_as_a_reset(target, session):
+    """relay_close with an errno: the program's RST becomes the client's ECONNRESET, not
+    a clean EOF and not a hang."""
+    import sys
+    s = session(target, {"mode": "steal"}, argv=[sys.executable, "-c", RESETTER], env=RELAY)
+    s.wait_for("(relayed over the agent link)", timeout=2)
+    with socket.create_connection((target.ip, PORT), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: pod\r\n\r\n")
+        try:
+            got = sock.recv(65536)
+        except ConnectionResetError:
+            got = None
+    assert got is None, got
+    s.wait_for("resetting")
