@@ -127,7 +127,7 @@ def test_steal_local_answers_then_target_again_after_exit(silly, kube_session):
     s = kube_session("steal.json")
     assert curl(silly, "/?stolen=1") == LOCAL_ANSWER
     s.wait_for("Handling request URI=/?stolen=1", timeout=5)
-    line = next(l for l in s.lines if "URI=/?stolen=1" in l)
+    line = next(ln for ln in s.lines if "URI=/?stolen=1" in ln)
     assert "peer=198.18." in line, line  # the real client, not the relay on loopback
     s.stop()
     target_answers_within(silly, 2)
@@ -147,7 +147,8 @@ import socket, sys
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("0.0.0.0", 7000)); s.listen(8)
 while True:
-    c, a = s.accept(); d = c.recv(1024); c.sendall(b"pong " + d + b" from " + a[0].encode()); c.close()
+    c, a = s.accept(); d = c.recv(1024)
+    c.sendall(b"pong " + d + b" from " + a[0].encode()); c.close()
 '''
 CLIENT = r'''
 import socket, sys

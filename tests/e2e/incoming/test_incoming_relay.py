@@ -10,6 +10,8 @@ import os
 import random
 import signal
 import socket
+import subprocess
+import sys
 
 import requests
 from incoming_support import (
@@ -44,7 +46,7 @@ def test_steal_through_the_relay_then_target_again(target, session):
         for i in range(3):
             assert client.get(f"http://{target.ip}:{PORT}/k{i}", timeout=5).text == LOCAL_ANSWER
     s.wait_for("Handling request URI=/?stolen=1")
-    line = next(l for l in s.lines if "URI=/?stolen=1" in l)
+    line = next(ln for ln in s.lines if "URI=/?stolen=1" in ln)
     assert "peer=198.18." in line, line  # accept() still reports the real client
     s.stop()
     target_answers_within(target, 2)
@@ -56,7 +58,6 @@ def test_filter_through_the_relay(target, session):
     base = f"http://{target.ip}:{PORT}"
     out = curl(target, "/?user=me") + curl(target, "/?user=someone")
     assert out == LOCAL_ANSWER + TARGET_ANSWER
-    import subprocess
     out = subprocess.run(["curl", "-sS", "-m", "5", f"{base}/?user=me", f"{base}/?user=you",
                           f"{base}/?user=me&a=1"], capture_output=True, text=True).stdout
     assert out == LOCAL_ANSWER + TARGET_ANSWER + LOCAL_ANSWER
@@ -142,7 +143,6 @@ while True:
 def test_a_reset_by_the_program_reaches_the_client_as_a_reset(target, session):
     """relay_close with an errno: the program's RST becomes the client's ECONNRESET, not
     a clean EOF and not a hang."""
-    import sys
     s = session(target, {"mode": "steal"}, argv=[sys.executable, "-c", RESETTER], env=RELAY)
     s.wait_for("(relayed over the agent link)", timeout=2)
     with socket.create_connection((target.ip, PORT), timeout=5) as sock:
