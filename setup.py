@@ -23,6 +23,7 @@ class BuildWithLayer(build_ext):
 
         dest_root = Path(self.build_lib) if not self.inplace else ROOT / "python"
         layer_build.build_layer(dest_root / "tether" / "libtether_layer.so")
+        layer_build.build_launcher(dest_root / "tether" / "tether-launch")
         if os.environ.get("TETHER_BUILD_ASAN"):
             layer_build.build_layer(dest_root / "tether" / "libtether_layer_asan.so", asan=True)
 
@@ -40,7 +41,7 @@ setup(
     description="Run a local process as if it were inside a remote pod",
     package_dir={"": "python"},
     packages=find_packages("python"),
-    package_data={"tether": ["protocol.json", "*.so"]},
+    package_data={"tether": ["protocol.json", "*.so", "tether-launch"]},
     python_requires=">=3.11",
     setup_requires=["cffi>=1.15"],
     install_requires=["cffi>=1.15", "msgpack>=1.0", "click>=8.1", "kubernetes>=28", "PyYAML>=6"],

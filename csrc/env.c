@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "layer.h"
+#include "launch.h"
 
 extern char **environ;
 
@@ -84,11 +85,24 @@ static char *const *env_fix(char *const *envp, char **out, size_t cap, char *pre
     char *const *name = env_fix((envp), name##_store, name##_cap, name##_preload,      \
                                 sizeof name##_preload)
 
+/* Declares `name` (the path) and `name##_argv`: tether-launch's when `path` is a static or
+ * Go binary the layer cannot reach (csrc/launch.c), else the caller's. */
+#define WITH_LAUNCH(name, path, argv, envp)                                            \
+    size_t name##_cap = env_count(argv) + 3;                                           \
+    char *name##_store[name##_cap];                                                    \
+    const char *name = (path);                                                         \
+    char *const *name##_argv = (argv);                                                 \
+    if (tl_launch_argv((path), (argv), (envp), name##_store, name##_cap)) {             \
+        name = name##_store[0];                                                        \
+        name##_argv = name##_store;                                                    \
+    }
+
 TL_EXPORT int execve(const char *path, char *const argv[], char *const envp[]) {
     TL_REAL(execve);
     tl_init();
     WITH_FIXED_ENV(env, envp);
-    return real_execve(path, argv, env);
+    WITH_LAUNCH(exe, path, argv, env);
+    return real_execve(exe, exe_argv, env);
 }
 
 TL_EXPORT int execv(const char *path, char *const argv[]) { return execve(path, argv, environ); }
@@ -97,6 +111,13 @@ TL_EXPORT int execvpe(const char *file, char *const argv[], char *const envp[]) 
     TL_REAL(execvpe);
     tl_init();
     WITH_FIXED_ENV(env, envp);
+    char found[4096];
+    const char *path = tl_cfg.launcher[0] ? tl_resolve_in_path(file, env, found, sizeof found)
+                                          : NULL;
+    if (path) {
+        WITH_LAUNCH(exe, path, argv, env);
+        if (exe != path) return real_execvpe(exe, exe_argv, env);
+    }
     return real_execvpe(file, argv, env);
 }
 
@@ -147,7 +168,8 @@ TL_EXPORT int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_a
     TL_REAL(posix_spawn);
     tl_init();
     WITH_FIXED_ENV(env, envp);
-    return real_posix_spawn(pid, path, fa, attr, argv, env);
+    WITH_LAUNCH(exe, path, argv, env);
+    return real_posix_spawn(pid, exe, fa, attr, exe_argv, env);
 }
 
 TL_EXPORT int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *fa,
@@ -156,6 +178,14 @@ TL_EXPORT int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_
     TL_REAL(posix_spawnp);
     tl_init();
     WITH_FIXED_ENV(env, envp);
+    char found[4096];
+    const char *path = tl_cfg.launcher[0] ? tl_resolve_in_path(file, env, found, sizeof found)
+                                          : NULL;
+    if (path) {
+        WITH_LAUNCH(exe, path, argv, env);
+        TL_REAL(posix_spawn);
+        if (exe != path) return real_posix_spawn(pid, exe, fa, attr, exe_argv, env);
+    }
     return real_posix_spawnp(pid, file, fa, attr, argv, env);
 }
 

@@ -107,6 +107,13 @@ static void do_init(void) {
         copy_var(value, sizeof value, "TETHER_LAYER_CONFIG");
         fmt_var(tl_cfg.config_var, sizeof tl_cfg.config_var, "TETHER_LAYER_CONFIG", value);
         parse_config();
+        /* tether-launch lives next to this library (static/Go programs, csrc/launch.c) */
+        const char *slash = strrchr(tl_cfg.so_path, '/');
+        if (slash && (size_t)(slash - tl_cfg.so_path) + 15 < sizeof tl_cfg.launcher) {
+            memcpy(tl_cfg.launcher, tl_cfg.so_path, (size_t)(slash - tl_cfg.so_path) + 1);
+            strcpy(tl_cfg.launcher + (slash - tl_cfg.so_path) + 1, "tether-launch");
+            if (access(tl_cfg.launcher, X_OK)) tl_cfg.launcher[0] = '\0';
+        }
         tl_cfg.env_fallback = getenv("TETHER_ENV_APPLIED") == NULL;
         if (tl_cfg.skip[0] && name_in_list(program_invocation_short_name, tl_cfg.skip))
             tl_cfg.passthrough = 1;

@@ -39,6 +39,7 @@ struct tl_config {
     char so_var[560];      /* TETHER_LAYER_SO=... */
     char config_var[8192]; /* TETHER_LAYER_CONFIG=... */
     char skip[512];        /* comma separated program names */
+    char launcher[560];    /* tether-launch next to this library ("" if absent) */
 };
 extern struct tl_config tl_cfg TL_HIDDEN;
 

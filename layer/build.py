@@ -81,6 +81,21 @@ def build_layer(out_path: str | os.PathLike[str], *, asan: bool = False) -> Path
     return out
 
 
+def build_launcher(out_path: str | os.PathLike[str]) -> Path:
+    """tether-launch: puts static/Go programs under the seccomp supervisor (see csrc/launch.c)."""
+    import subprocess
+
+    out = Path(out_path).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tether-launch-") as tmp:
+        generate_protocol_header(Path(tmp))
+        cmd = ["cc", *[f for f in CFLAGS if f not in ("-fPIC", "-fvisibility=hidden")],
+               "-I", str(CSRC), "-I", str(HERE), "-I", tmp, "-o", str(out),
+               str(CSRC / "launcher" / "main.c"), str(CSRC / "codec.c")]
+        subprocess.run(cmd, check=True)
+    return out
+
+
 if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     target = args[0] if args else str(ROOT / "build" / "libtether_layer.so")

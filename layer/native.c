@@ -23,17 +23,7 @@
 #ifndef SYS_pidfd_getfd
 #define SYS_pidfd_getfd 438
 #endif
-#ifndef SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
-#define SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (1UL << 5)
-#endif
-
-#if defined(__x86_64__)
-#define TETHER_AUDIT_ARCH AUDIT_ARCH_X86_64
-#elif defined(__aarch64__)
-#define TETHER_AUDIT_ARCH AUDIT_ARCH_AARCH64
-#else
-#error "seccomp support needs an audit arch for this machine"
-#endif
+#include "seccomp_filter.h"
 
 static int tether_pidfd_open(int pid, unsigned int flags) {
     return (int)syscall(SYS_pidfd_open, pid, flags);
@@ -55,36 +45,8 @@ static int tether_sysno(const char *name) {
     return -1;
 }
 
-/* Install a filter that sends the listed system calls to a supervisor (user notification)
- * and lets every other one through, for this thread and every process it starts.  Returns
- * the listener descriptor, or -errno.  Sets no_new_privs, which the filter requires. */
 static int tether_seccomp_listener(const int *nrs, int n) {
-    struct sock_filter prog[64];
-    int len = 0;
-    if (n < 1 || n > 32) return -EINVAL;
-    prog[len++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
-                                               offsetof(struct seccomp_data, arch));
-    prog[len++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TETHER_AUDIT_ARCH, 1, 0);
-    prog[len++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
-    prog[len++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
-                                               offsetof(struct seccomp_data, nr));
-    for (int i = 0; i < n; i++) {
-        /* match: fall through to USER_NOTIF (next+0); else skip it (next+1) */
-        prog[len++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)nrs[i], 0, 1);
-        prog[len++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF);
-    }
-    prog[len++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
-    struct sock_fprog fprog = {(unsigned short)len, prog};
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) return -errno;
-    /* Go preempts goroutines with SIGURG all the time: with WAIT_KILLABLE_RECV a signal
-     * that arrives before the supervisor read the notification does not abort the call. */
-    long fd = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
-                      SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
-                      &fprog);
-    if (fd < 0 && errno == EINVAL)
-        fd = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER,
-                     &fprog);
-    return fd < 0 ? -errno : (int)fd;
+    return tether_install_listener(nrs, n);
 }
 
 struct tether_notif {

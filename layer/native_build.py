@@ -31,9 +31,11 @@ ffibuilder.cdef(
     #define SECCOMP_USER_NOTIF_FLAG_CONTINUE ...
     """
 )
+HERE = Path(__file__).resolve().parent
 ffibuilder.set_source(
     "tether._native",
-    (Path(__file__).resolve().parent / "native.c").read_text(),
+    (HERE / "native.c").read_text(),
+    include_dirs=[str(HERE)],
 )
 
 if __name__ == "__main__":

@@ -184,6 +184,7 @@ def _hand_over_syscalls(chan: socket.socket, command: list[str], env: dict[str, 
                                    f"user notification: {exc}") from None
     socket.send_fds(chan, [protocol.encode({"t": "session_exec", "fds": 1})], [listener])
     os.close(listener)
+    env["TETHER_SECCOMP_ACTIVE"] = "1"  # the filter is inherited: no second one below
     decoder = protocol.FrameDecoder()
     while True:  # wait until the supervisor runs: our first trapped call needs it
         data = chan.recv(4096)

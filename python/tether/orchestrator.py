@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import protocol
+from . import protocol, seccomp  # seccomp: registers its messages
 from .config import Config
 from .environment import compute_env
 from .features import feature_classes
@@ -75,7 +75,7 @@ class Orchestrator:
     _session_numbers: int = 0
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     features: list[Any] = field(default_factory=list)
-    supervisor: Any = None
+    supervisors: list[Any] = field(default_factory=list)
 
     @property
     def socket_path(self) -> str:
@@ -165,8 +165,20 @@ class Orchestrator:
         """Supervise a static/Go program's system calls (seccomp user notification)."""
         from .seccomp import Supervisor
 
-        self.supervisor = Supervisor(self, listener)
-        self.supervisor.start()
+        supervisor = Supervisor(self, listener)
+        self.supervisors.append(supervisor)
+        supervisor.start()
+
+    async def _seccomp_attach(self, link: Link, msg: Message) -> Message:
+        """tether-launch hands over the listener of a static/Go program a layer process
+        started (csrc/launch.c)."""
+        fds = msg.pop("_fds", [])
+        if not fds:
+            raise RemoteError("no_fd", "seccomp_attach carries no descriptor")
+        self.start_supervisor(fds[0])
+        for extra in fds[1:]:
+            os.close(extra)
+        return {"t": "seccomp_attach_reply"}
 
     # ---- layer sessions ----
     async def _on_layer(self, sock: socket.socket) -> None:
@@ -187,7 +199,8 @@ class Orchestrator:
         self.sessions[session.number] = session
         link.state["session"] = session
         link.state["orchestrator"] = self
-        link.handlers = {"env": self._env, **self.layer_handlers}
+        link.handlers = {"env": self._env, "seccomp_attach": self._seccomp_attach,
+                         **self.layer_handlers}
         log.debug("layer session %d: pid %d %s", session.number, session.pid, session.exe)
         return {"t": "hello_ok", "session": session.number}
 
@@ -215,8 +228,8 @@ class Orchestrator:
         return waits[first](first.result())
 
     async def stop(self) -> None:
-        if self.supervisor is not None:
-            self.supervisor.stop()
+        for supervisor in self.supervisors:
+            supervisor.stop()
         for feature in reversed(self.features):
             stop = getattr(feature, "stop", None)
             if stop is not None:

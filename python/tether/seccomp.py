@@ -44,6 +44,9 @@ SIOCGSKNS = 0x894C
 O_CLOEXEC_FDINFO = 0o2000000
 
 protocol.register("agent_nameservers", {"id": (int, True)})
+# tether-launch -> orchestrator: supervise this listener (one descriptor attached).
+protocol.register("seccomp_attach", {"id": (int, True)})
+protocol.register("seccomp_attach_reply", {"id": (int, True)})
 protocol.register("agent_nameservers_reply", {"id": (int, True), "servers": (list, True)})
 
 

@@ -159,3 +159,23 @@ def test_go_server_gets_a_copy_of_mirrored_requests(go_server, pod_factory, tmp_
         proc.terminate()
         _, err = proc.communicate(timeout=10)
     assert "Handling request URI=/?something=else" in err
+
+
+@pytest.mark.parametrize("parent", ["sh", "python", "node"])
+def test_static_program_started_by_a_dynamic_parent_is_supervised_too(
+        tether, static_programs, backend_with_private_server, parent):
+    # The layer's exec hooks see the parent start a binary they cannot reach and run it
+    # through tether-launch, which puts it under the supervisor first.
+    front, behind = backend_with_private_server
+    program, where = str(static_programs["go"]), f"{behind.ip}:7000"
+    argv = {
+        "sh": ["sh", "-c", f"{program} {where}"],
+        "python": ["python3", "-c",
+                   f"import subprocess; subprocess.run([{program!r}, {where!r}])"],
+        "node": ["node", "-e",
+                 f"require('child_process').spawnSync({program!r}, [{where!r}], "
+                 "{stdio: 'inherit'})"],
+    }[parent]
+    res = tether(front, argv)
+    assert res.returncode == 0, res.stderr
+    assert "pong from behind" in res.stdout, res.stdout + res.stderr
