@@ -58,22 +58,6 @@ static long (*real_syscall)(long, ...);
 
 /* ------------------------------------------------------------------ config table */
 
-static const char *cfg_lookup(const char *cfg, const char *key, size_t *len) {
-    size_t kl = strlen(key);
-    const char *p = cfg;
-    while (p && *p) {
-        const char *e = strchr(p, ';');
-        size_t l = e ? (size_t)(e - p) : strlen(p);
-        if (l > kl && strncmp(p, key, kl) == 0 && p[kl] == '=') {
-            *len = l - kl - 1;
-            return p + kl + 1;
-        }
-        if (!e) break;
-        p = e + 1;
-    }
-    return NULL;
-}
-
 static int hexval(char c) {
     if (c >= '0' && c <= '9') return c - '0';
     if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -102,7 +86,7 @@ static const char *arena_item(struct fs_table *t, const char *s, size_t n, size_
 
 static void parse_list(struct fs_table *t, const char *cfg, const char *key, struct fs_list *l) {
     size_t len;
-    const char *v = cfg_lookup(cfg, key, &len), *end;
+    const char *v = tl_config_lookup(cfg, key, &len), *end;
     l->n = 0;
     if (!v) return;
     end = v + len;
@@ -135,7 +119,7 @@ static int parse_regexes(struct fs_table *t, const char *cfg, const char *key,
 
 static int parse_table(struct fs_table *t, const char *cfg) {
     size_t len;
-    const char *mode = cfg_lookup(cfg, "fs", &len);
+    const char *mode = tl_config_lookup(cfg, "fs", &len);
     int rc = 0;
     memset(t, 0, sizeof *t);
     t->mode = FS_MODE_LOCAL;

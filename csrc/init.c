@@ -66,6 +66,7 @@ const char *tl_config_lookup(const char *config, const char *key, size_t *len) {
      * `config` may carry a "TETHER_LAYER_CONFIG=" prefix. */
     const char *p = config;
     size_t kl = strlen(key);
+    if (!p) return NULL;
     if (strncmp(p, "TETHER_LAYER_CONFIG=", 20) == 0) p += 20;
     while (*p) {
         const char *e = strchr(p, ';');

@@ -32,32 +32,16 @@
 static struct tl_out_config out_cfg;
 static pthread_once_t out_once = PTHREAD_ONCE_INIT;
 
-static const char *cfg_find(const char *config, const char *key, size_t *len) {
-    size_t kl = strlen(key);
-    const char *p = config;
-    while (p && *p) {
-        const char *e = strchr(p, ';');
-        size_t l = e ? (size_t)(e - p) : strlen(p);
-        if (l > kl && strncmp(p, key, kl) == 0 && p[kl] == '=') {
-            *len = l - kl - 1;
-            return p + kl + 1;
-        }
-        if (!e) break;
-        p = e + 1;
-    }
-    return NULL;
-}
-
 static int cfg_flag(const char *config, const char *key, int dflt) {
     size_t l;
-    const char *v = cfg_find(config, key, &l);
+    const char *v = tl_config_lookup(config, key, &l);
     if (!v || !l) return dflt;
     return v[0] == '1';
 }
 
 static int cfg_kind(const char *config, const char *key) {
     size_t l;
-    const char *v = cfg_find(config, key, &l);
+    const char *v = tl_config_lookup(config, key, &l);
     if (!v) return 0;
     if (l == 6 && !strncmp(v, "remote", 6)) return 1;
     if (l == 5 && !strncmp(v, "local", 5)) return 2;
@@ -105,7 +89,7 @@ void tl_out_parse(struct tl_out_config *c, const char *config) {
     c->ignore_lo = cfg_flag(config, "out.ignore_lo", 0);
     c->dns_filter = cfg_kind(config, "dns.filter");
     c->filter = cfg_kind(config, "out.filter");
-    if ((v = cfg_find(config, "dns.names", &l))) {
+    if ((v = tl_config_lookup(config, "dns.names", &l))) {
         const char *end = v + l;
         while (v < end && c->ndns_names < TL_MAX_DNS_NAMES) {
             const char *comma = memchr(v, ',', (size_t)(end - v));
@@ -117,7 +101,7 @@ void tl_out_parse(struct tl_out_config *c, const char *config) {
             v += n + 1;
         }
     }
-    if ((v = cfg_find(config, "out.rules", &l))) {
+    if ((v = tl_config_lookup(config, "out.rules", &l))) {
         const char *end = v + l;
         while (v < end && c->nrules < TL_MAX_RULES) {
             const char *comma = memchr(v, ',', (size_t)(end - v));
