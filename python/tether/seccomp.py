@@ -201,13 +201,21 @@ class Supervisor:
         finally:
             os.close(nsfd)
 
-    async def _connect(self, nid: int, tid: int, args: tuple[int, ...]) -> None:
+    def _sockaddr(self, nid: int, tid: int, args: tuple[int, ...]
+                  ) -> tuple[int, tuple[int, str, int] | None] | None:
+        """(fd, parsed address) of a connect/bind; None if the call is no longer valid."""
         fd, addr_ptr, addr_len = args[0] & 0xFFFFFFFF, args[1], args[2] & 0xFFFFFFFF
         with open(f"/proc/{tid}/mem", "rb", buffering=0) as mem:
             raw = os.pread(mem.fileno(), min(addr_len, 128), addr_ptr)
-        if not self._valid(nid):
+        if not self._valid(nid):  # the pid may have been reused meanwhile
+            return None
+        return fd, _parse_sockaddr(raw)
+
+    async def _connect(self, nid: int, tid: int, args: tuple[int, ...]) -> None:
+        call = self._sockaddr(nid, tid, args)
+        if call is None:
             return
-        parsed = _parse_sockaddr(raw)
+        fd, parsed = call
         if parsed is None:
             self._continue(nid)
             return
@@ -284,12 +292,10 @@ class Supervisor:
 
     async def _bind(self, nid: int, tid: int, args: tuple[int, ...]) -> None:
         """A port tether serves is bound for real; taken here, another one serves it."""
-        fd, addr_ptr, addr_len = args[0] & 0xFFFFFFFF, args[1], args[2] & 0xFFFFFFFF
-        with open(f"/proc/{tid}/mem", "rb", buffering=0) as mem:
-            raw = os.pread(mem.fileno(), min(addr_len, 128), addr_ptr)
-        if not self._valid(nid):
+        call = self._sockaddr(nid, tid, args)
+        if call is None:
             return
-        parsed = _parse_sockaddr(raw)
+        fd, parsed = call
         sock = self._dup(tid, fd) if parsed else None
         if parsed is None or sock is None:
             self._continue(nid)
