@@ -154,6 +154,9 @@ def run_exec(config: Config, target: Any, command: list[str]) -> NoReturn:
     raise AssertionError("unreachable")
 
 
+DEBUGGERS = {"gdb", "lldb", "strace", "ltrace", "valgrind", "rr"}
+
+
 def _seccomp_wanted(command: list[str], env: dict[str, str]) -> bool:
     """Static and Go programs never load the layer: supervise their system calls instead.
 
@@ -165,9 +168,19 @@ def _seccomp_wanted(command: list[str], env: dict[str, str]) -> bool:
         return True
     from .elfinfo import inspect, resolve_command
 
-    path = resolve_command(command[0], env.get("PATH"))
-    info = inspect(path) if path else None
-    return bool(info and info.needs_seccomp)
+    def needs(arg: str) -> bool:
+        path = resolve_command(arg, env.get("PATH"))
+        info = inspect(path) if path else None
+        return bool(info and info.needs_seccomp)
+
+    if needs(command[0]):
+        return True
+    # A debugger starts its debuggee itself: put the whole tree under the supervisor from
+    # here, as a launcher exec'd in between would stand where the debugger expects its
+    # program (breakpoints are set in the wrong image).
+    if os.path.basename(command[0]) in DEBUGGERS:
+        return any(needs(arg) for arg in command[1:] if not arg.startswith("-"))
+    return False
 
 
 def _hand_over_syscalls(chan: socket.socket, command: list[str], env: dict[str, str]) -> None:

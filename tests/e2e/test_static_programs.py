@@ -179,3 +179,22 @@ def test_static_program_started_by_a_dynamic_parent_is_supervised_too(
     res = tether(front, argv)
     assert res.returncode == 0, res.stderr
     assert "pong from behind" in res.stdout, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("lang", ["c", "go"])
+def test_debugger_breaks_in_a_program_that_has_the_targets_network(
+        tether, static_programs, backend_with_private_server, lang, tmp_path):
+    # Scene 6: `tether exec -- gdb --args ./app`, breakpoints included.
+    front, behind = backend_with_private_server
+    if lang == "go":
+        program, where = str(static_programs["go"]), "main.main"
+    else:
+        program, where = str(tmp_path / "dial-dbg"), "main"
+        subprocess.run(["gcc", "-g", "-O0", "-o", program, str(PROGRAMS / "dial.c")],
+                       check=True)
+    res = tether(front, ["gdb", "-batch", "-nx", "-ex", f"break {where}", "-ex", "run",
+                         "-ex", "continue", "--args", program, f"{behind.ip}:7000"],
+                 timeout=90)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Breakpoint 1," in res.stdout, res.stdout
+    assert "pong from behind" in res.stdout, res.stdout + res.stderr
