@@ -236,14 +236,14 @@ class Supervisor:
                 self._continue(nid)
                 return
             agent = self.orch.agent
-            if agent is None or not agent.can_pass_fds:
-                if not self._warned_relay:
-                    log.warning("seccomp: this target cannot hand sockets over; connections "
-                                "of static/Go programs stay local")
-                    self._warned_relay = True
+            nonblocking = not sock.getblocking()
+            if agent is None:
                 self._continue(nid)
                 return
-            nonblocking = not sock.getblocking()
+            if not agent.can_pass_fds or _feature(self.orch, "outgoing").relay_mode:
+                await self._connect_relayed(nid, tid, fd, sock, family, ip, port, proto, dns,
+                                            nonblocking)
+                return
             req: dict[str, Any] = {"t": "agent_connect", "proto": proto, "family": family,
                                    "addr": socket.inet_pton(family, ip), "port": port,
                                    "connect": False}
@@ -285,6 +285,47 @@ class Supervisor:
             else:
                 log.debug("seccomp: pid %d connect %s:%d through the target", tid, ip, port)
                 self._continue(nid)
+
+    async def _connect_relayed(self, nid: int, tid: int, fd: int, sock: socket.socket,
+                               family: int, ip: str, port: int, proto: str, dns: bool,
+                               nonblocking: bool) -> None:
+        """Links that cannot carry descriptors (Kubernetes): the outgoing feature's relay.
+
+        The agent connects inside the target and relays over the link; here a socket
+        connected to the relay's loopback end replaces the program's, and the call returns
+        0 (a connect may complete at once, also for non-blocking sockets)."""
+        if proto != "tcp" or dns:
+            if not self._warned_relay:
+                log.warning("seccomp: UDP and DNS of static/Go programs need a target that "
+                            "can hand sockets over; they stay local")
+                self._warned_relay = True
+            self._continue(nid)
+            return
+        outgoing = _feature(self.orch, "outgoing")
+        reply = await outgoing._out_connect(None, {  # noqa: SLF001
+            "proto": "tcp", "family": family, "addr": socket.inet_pton(family, ip),
+            "port": port, "connect": True})
+        if reply.get("result", 0) != 0 or not reply.get("relay"):
+            self._answer(nid, err=int(reply.get("result") or errno.ECONNREFUSED))
+            return
+        raw_addr, relay_port = reply["relay"]
+        relay_family = socket.AF_INET6 if len(raw_addr) == 16 else socket.AF_INET
+        local = socket.socket(relay_family, socket.SOCK_STREAM)
+        try:
+            local.connect((socket.inet_ntop(relay_family, raw_addr), int(relay_port)))
+            _copy_options(sock, local.fileno())
+            local.setblocking(not nonblocking)
+            if not self._valid(nid):
+                return
+            installed = self.lib.tether_notif_addfd(self.listener, nid, local.fileno(), fd,
+                                                    _fd_cloexec(tid, fd))
+        finally:
+            local.close()
+        if installed < 0:
+            self._answer(nid, err=-installed)
+            return
+        log.debug("seccomp: pid %d connect %s:%d relayed through the agent", tid, ip, port)
+        self._answer(nid, 0)
 
     def _decide_incoming(self, port: int, loopback: bool) -> int:
         out = self.ffi.new("long *")
@@ -414,11 +455,15 @@ def _target_netns_inode(orch: Any) -> int | None:
         return None
 
 
-def _incoming_feature(orch: Any) -> Any:
+def _feature(orch: Any, name: str) -> Any:
     for feature in orch.features:
-        if type(feature).__module__.endswith(".incoming"):
+        if type(feature).__module__.endswith(f".{name}"):
             return feature
     return None
+
+
+def _incoming_feature(orch: Any) -> Any:
+    return _feature(orch, "incoming")
 
 
 def _load_layer_decisions() -> Any:

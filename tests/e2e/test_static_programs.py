@@ -38,15 +38,18 @@ def backend_with_private_server(pod_factory):
     return front, behind
 
 
+@pytest.mark.parametrize("relay", [False, True], ids=["socket-handed-over", "relayed"])
 @pytest.mark.parametrize("lang", ["c", "go"])
 def test_static_program_reaches_a_host_only_the_target_can_reach(
-        tether, static_programs, backend_with_private_server, lang):
+        tether, static_programs, backend_with_private_server, lang, relay):
+    # relayed: how a Kubernetes target works (its link cannot carry sockets)
     front, behind = backend_with_private_server
     program = str(static_programs[lang])
     direct = subprocess.run([program, f"{behind.ip}:7000"], capture_output=True, text=True,
                             timeout=30)
     assert "pong" not in direct.stdout  # this machine cannot reach it
-    res = tether(front, [program, f"{behind.ip}:7000"])
+    res = tether(front, [program, f"{behind.ip}:7000"],
+                 env={"TETHER_OUTGOING_RELAY": "1"} if relay else None)
     assert res.returncode == 0, res.stderr
     assert "pong from behind" in res.stdout
 
