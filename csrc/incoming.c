@@ -421,10 +421,45 @@ TL_EXPORT int listen(int fd, int backlog) {
     return rc;
 }
 
+/* The remote client of each accepted relay connection, for getpeername() later: Node and
+ * others accept with a NULL address and ask getpeername (libuv). Indexed by descriptor,
+ * checked by inode so a reused number is not mistaken. */
+#define IN_MAX_PEERS 4096
+struct in_peer {
+    ino_t ino;
+    socklen_t len;
+    struct sockaddr_storage addr;
+};
+static struct in_peer peers[IN_MAX_PEERS];
+
+static void remember_peer(int fd, const struct sockaddr_storage *addr, socklen_t len) {
+    if (fd < 0 || fd >= IN_MAX_PEERS) return;
+    peers[fd].ino = fd_ino(fd);
+    peers[fd].len = len;
+    memcpy(&peers[fd].addr, addr, len);
+}
+
+int tl_in_getpeername(int fd, struct sockaddr *addr, socklen_t *alen) {
+    if (fd < 0 || fd >= IN_MAX_PEERS || !peers[fd].len || !addr || !alen) return 0;
+    if (fd_ino(fd) != peers[fd].ino) {
+        peers[fd].len = 0; /* closed and reused */
+        return 0;
+    }
+    memcpy(addr, &peers[fd].addr, peers[fd].len < *alen ? peers[fd].len : *alen);
+    *alen = peers[fd].len;
+    return 1;
+}
+
 /* accept() on a subscribed listener: replace a loopback peer that is the orchestrator's
- * relay with the remote client it stands for. */
+ * relay with the remote client it stands for (also when the caller passed no address). */
 static void fix_peer(int lfd, int cfd, struct sockaddr *addr, socklen_t *alen) {
-    if (cfd < 0 || !addr || !alen || !in_active()) return;
+    struct sockaddr_storage scratch;
+    socklen_t scratch_len = sizeof scratch;
+    if (cfd < 0 || !in_active()) return;
+    if (!addr || !alen) {
+        addr = (struct sockaddr *)&scratch;
+        alen = &scratch_len;
+    }
     TL_ERRNO_SAVE;
     struct in_sock s;
     tl_in_layer++;
@@ -485,6 +520,9 @@ static void fix_peer(int lfd, int cfd, struct sockaddr *addr, socklen_t *alen) {
     }
     memcpy(addr, &out, ol < *alen ? ol : *alen);
     *alen = ol;
+    tl_in_layer++;
+    remember_peer(cfd, &out, ol);
+    tl_in_layer--;
     TL_ERRNO_RESTORE;
 }
 

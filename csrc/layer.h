@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include "protocol_gen.h"
@@ -54,6 +55,10 @@ TL_HIDDEN void *tl_real(const char *name);
 #define TL_REAL(name)                                                                \
     static __typeof__(name) *real_##name;                                            \
     if (!real_##name) real_##name = (__typeof__(name) *)tl_real(#name)
+
+/* ---- incoming.c ---- */
+/* The remote client an accepted relay connection stands for; 1 if fd is one. */
+TL_HIDDEN int tl_in_getpeername(int fd, struct sockaddr *addr, socklen_t *alen);
 
 /* ---- channel.c: the per-process session with the orchestrator ---- */
 TL_HIDDEN int tl_channel_fd(void);

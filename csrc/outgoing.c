@@ -661,6 +661,8 @@ TL_EXPORT int getpeername(int fd, struct sockaddr *addr, socklen_t *alen) {
         socklen_t n = *alen < s->peer_len ? *alen : s->peer_len;
         memcpy(addr, &s->peer, n);
         *alen = s->peer_len;
+    } else {
+        tl_in_getpeername(fd, addr, alen); /* an accepted relay connection: its client */
     }
     tl_in_layer--;
     TL_ERRNO_RESTORE;
