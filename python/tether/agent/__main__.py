@@ -68,7 +68,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="with --listen: exit after SECONDS without an orchestrator (the first "
                         "one gets at least 60 s), so an agent in a pod never outlives its session")
     p.add_argument("--log-level", default=os.environ.get("TETHER_LOG", "info"))
+    p.add_argument("--targetless", action="store_true",
+                   help="no target: act in the agent's own namespaces (its own pod)")
     args = p.parse_args(argv)
+    if args.targetless and args.target_pid is None and args.container_id is None:
+        args.target_pid = os.getpid()
     if (args.target_pid is None) == (args.container_id is None):
         p.error("give exactly one of --target-pid and --container-id")
     return args
