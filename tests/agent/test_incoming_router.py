@@ -94,10 +94,8 @@ def test_upgrade_makes_a_tunnel_to_whoever_accepted():
     assert out.startswith(b"HTTP/1.1 101") and out.endswith(b"dev echo hello")
 
 
-def test_h2c_prior_knowledge_and_non_http_go_whole_to_the_app():
-    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-    out = asyncio.run(route(preface + b"frames", b"frames"))
-    assert out.startswith(b"app:PRI")
+def test_non_http_goes_whole_to_the_app():
+    # (h2c prior knowledge is routed per stream: tests/agent/test_incoming_h2.py)
     out = asyncio.run(route(b"\x16\x03\x01 tls?\r\n\r\n", b"app"))
     assert b"app" in out and b"dev" not in out
 

@@ -19,8 +19,8 @@ module only drives them with sockets.
 * ``Upgrade`` (WebSocket) and ``CONNECT``: after the request, the reader waits for the
   verdict of the upstream that got it; on 101 (2xx to CONNECT) the connection becomes a
   tunnel between the client and that upstream.
-* h2c with prior knowledge: filtering would need per-stream HTTP/2 parsing; the whole
-  connection goes to the application (a filtered steal never takes what it cannot judge).
+* h2c with prior knowledge: ``incoming_h2.H2Router`` takes the connection over and
+  routes it stream by stream.
 * Not HTTP at all (the first bytes are no request line, or nothing arrives for
   ``FIRST_BYTE_TIMEOUT`` seconds as with server-first protocols): the connection goes
   to the application whole, untouched.
@@ -54,6 +54,7 @@ from ..http import (
     Tunnel,
     Upgraded,
 )
+from .incoming_h2 import H2Router
 
 log = logging.getLogger("tether.agent.incoming")
 
@@ -294,16 +295,11 @@ class Router:
                 self._last.upgrade = True
                 self._last.verdict = asyncio.get_running_loop().create_future()
         elif isinstance(ev, H2Preface):
-            sock = await self.open_app()
-            if sock is None:
-                raise ConnectionError("cannot reach the application")
-            up = _Upstream("app", sock, raw=True)
-            self.all_ups.append(up)
-            self.tunnel = True
-            self.cur = up
-            self.order.put_nowait(_Entry("tunnel", up))
-            await up.send(ev.raw)
-            return True
+            # HTTP/2 with prior knowledge: routed stream by stream (incoming_h2), then done.
+            await H2Router(self.client, self.matcher, self.open_app, self.open_dev,
+                           self.name).run(ev.raw)
+            self.order.put_nowait(_Entry("end"))
+            return None
         elif isinstance(ev, Tunnel):
             if self.cur is not None:
                 await self.cur.send(ev.raw)
