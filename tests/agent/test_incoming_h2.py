@@ -146,3 +146,63 @@ def test_garbage_after_the_preface_gets_a_goaway_and_reaches_nobody():
     assert any(isinstance(e, h2.events.ConnectionTerminated)
                and e.error_code == ErrorCodes.PROTOCOL_ERROR for e in events)
     assert opened == {"app": 0, "dev": 0}
+
+
+def test_a_client_that_does_not_read_holds_back_the_upstream_and_its_reset_travels(
+        monkeypatch):
+    """What waits in the agent stays within the window it advertised; RST_STREAM from the
+    client reaches the upstream's stream."""
+    import tether.agent.incoming_http as incoming_http
+    from tether.agent import incoming_h2
+
+    routers: list[incoming_h2.H2Router] = []
+
+    class Recorded(incoming_h2.H2Router):
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            super().__init__(*a, **kw)
+            routers.append(self)
+
+    monkeypatch.setattr(incoming_http, "H2Router", Recorded)
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        client, server_side = socket.socketpair()
+        client.setblocking(False)
+        server_side.setblocking(False)
+        served = []
+
+        async def open_dev() -> socket.socket:
+            a, b = socket.socketpair()
+            a.setblocking(False)
+            r, w = await asyncio.open_connection(sock=b)
+            served.append(loop.create_task(serve_conn(r, w, "dev")))
+            return a
+
+        async def no_app() -> None:
+            return None
+
+        router = loop.create_task(Router(server_side, MATCH, no_app, open_dev).run())
+        conn = h2.connection.H2Connection()
+        conn.initiate_connection()
+        conn.send_headers(1, [(":method", "GET"), (":path", "/big?n=50000000"),
+                              (":scheme", "http"), (":authority", "pod"), *ME],
+                          end_stream=True)
+        await loop.sock_sendall(client, conn.data_to_send())
+        await asyncio.sleep(0.5)  # the client reads nothing meanwhile
+        (r,) = routers
+        (s,) = r.streams.values()
+        waiting = sum(map(len, s.resp.chunks))
+        assert waiting <= incoming_h2.STREAM_WINDOW
+        up = s.up
+        conn.reset_stream(1, ErrorCodes.CANCEL)
+        await loop.sock_sendall(client, conn.data_to_send())
+        await asyncio.sleep(0.2)
+        assert not r.streams and not up.streams
+        assert 1 not in up.conn.streams or up.conn.streams[1].closed
+        assert not served[0].done()  # the upstream connection itself lives on
+        client.close()
+        await asyncio.wait_for(router, 5)
+        for t in served:
+            t.cancel()
+
+    asyncio.run(go())

@@ -288,8 +288,8 @@ class H2Router:
                 s.req.end = True
         elif isinstance(ev, h2.events.StreamReset):
             if s is not None:
-                self._drop(s)
                 self._reset(s.up, s.us, ev.error_code)
+                self._drop(s)
         elif isinstance(ev, h2.events.ConnectionTerminated):
             log.debug("%s: the client sent GOAWAY (%s)", self.name, ev.error_code)
             self.client_goaway = True
@@ -323,8 +323,8 @@ class H2Router:
                 s.resp.end = True
         elif isinstance(ev, h2.events.StreamReset):
             if s is not None:
-                self._drop(s)
                 self._reset(client, s.cs, ev.error_code)
+                self._drop(s)
         elif isinstance(ev, h2.events.ConnectionTerminated):
             last = ev.last_stream_id if ev.last_stream_id is not None else 0
             log.debug("%s: the %s sent GOAWAY (%s, last stream %s)", self.name, up.kind,

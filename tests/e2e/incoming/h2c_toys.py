@@ -20,6 +20,7 @@ from typing import Any
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 from h2.errors import ErrorCodes
 
 
@@ -85,7 +86,10 @@ async def serve_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     respond(ev.stream_id)
             elif isinstance(ev, h2.events.WindowUpdated):
                 for sid in list(outgoing) if ev.stream_id == 0 else [ev.stream_id]:
-                    flush_stream(sid)
+                    try:
+                        flush_stream(sid)
+                    except h2.exceptions.StreamClosedError:  # reset later in this batch
+                        outgoing.pop(sid, None)
             elif isinstance(ev, h2.events.StreamReset):
                 outgoing.pop(ev.stream_id, None)
         writer.write(conn.data_to_send())
@@ -135,7 +139,7 @@ def h2_exchange(sock: socket.socket, requests: list[dict[str, Any]],
         if not data:
             break
         if read_slowly:
-            time.sleep(0.01)
+            time.sleep(0.002)
         for ev in conn.receive_data(data):
             r = results.get(getattr(ev, "stream_id", 0))
             if r is None:

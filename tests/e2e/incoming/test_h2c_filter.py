@@ -57,3 +57,17 @@ def test_curl_prior_knowledge_sees_the_same_split(pod_factory, session):
 
     assert curl("-H", "x-user: me") == "local /hello 0\n"
     assert curl() == "target /hello 0\n"
+
+
+def test_two_developers_share_one_h2c_connection(pod_factory, session):
+    """Each agent in the chain routes per stream: the newer one passes on what it does not
+    take over its own h2c connection, which the older one splits again."""
+    target = h2c_target(pod_factory)
+    for name in ("alice", "bob"):
+        session(target, {"mode": "steal", "http_filter": {"header_filter": f"^x-user: {name}$"}},
+                argv=[sys.executable, H2C, str(PORT), name])
+    users = ["alice", "bob", None, "bob", "alice", None]
+    out = exchange(target, [{"path": f"/u{i}", "headers": [("x-user", u)] if u else []}
+                            for i, u in enumerate(users)])
+    assert [r["body"].decode() for r in out] == [f"{u or 'target'} /u{i} 0\n"
+                                                 for i, u in enumerate(users)]
