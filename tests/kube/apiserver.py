@@ -38,6 +38,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -147,6 +148,17 @@ def _setns_socket(netns_path: str) -> socket.socket:
     return out["sock"]
 
 
+# Exit 0 when the DNS server on 127.0.0.1 answers an A record for argv[1].
+_DNS_PROBE = r"""
+import socket, struct, sys
+q = struct.pack(">HHHHHH", 7, 0x100, 1, 0, 0, 0) + b"".join(
+    bytes([len(p)]) + p.encode() for p in sys.argv[1].split(".")) + b"\0" + struct.pack(">HH", 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)
+s.sendto(q, ("127.0.0.1", 53))
+sys.exit(0 if struct.unpack(">H", s.recv(512)[6:8])[0] > 0 else 1)
+"""
+
+
 class Container:
     """A running container process of the kubelet (agent containers)."""
 
@@ -171,6 +183,8 @@ class Cluster:
         self.forwards: set[web.WebSocketResponse] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._rv = 1000
+        self._cluster_net: Any = None
+        self._dns: Any = None
         self._stop = threading.Event()
         self._monitor = threading.Thread(target=self._kubelet_loop, daemon=True)
         self._monitor.start()
@@ -328,6 +342,64 @@ class Cluster:
         self.containers[(ns, pod, container["name"])] = c
         return c
 
+    def _realize(self, ns: str, pod: str, container: dict[str, Any], argv: list[str]) -> None:
+        """Run ``argv`` as the main process of a new pod in the cluster network, with the
+        cluster DNS and the namespace's search domains in its resolv.conf."""
+        net, dns = self.cluster_network(), self.cluster_dns()
+        log = self.workdir / f"{ns}.{pod}.{container['name']}.log"
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        env.update({e["name"]: e.get("value", "") for e in container.get("env") or []})
+        netns = self.pods(pod, env=env, behind=net, dns=dns.ip,
+                          cmd=["sh", "-c", 'exec "$@" >>"$0" 2>&1', str(log), *argv])
+        with open(f"/etc/netns/{netns.name}/resolv.conf", "a") as f:
+            f.write(f"search {ns}.svc.cluster.local svc.cluster.local cluster.local\n"
+                    "options ndots:5\n")
+        self.netns[pod] = netns
+        assert netns.main is not None
+        self.containers[(ns, pod, container["name"])] = Container(netns.main, log)
+
+    # ---- the cluster network: pods of their own, services, DNS ----
+    def cluster_network(self) -> Any:
+        """A router netns: pods behind it reach each other; the host (the laptop) cannot
+        reach them (198.19.0.0/16 is not routed on the host)."""
+        with self.lock:
+            if self._cluster_net is None:
+                net = self.pods("cluster")
+                net.exec(["sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+                self._cluster_net = net
+            return self._cluster_net
+
+    def cluster_dns(self) -> Any:
+        """dnsmasq in the cluster network answering ``<name>.<ns>.svc.cluster.local``."""
+        with self.lock:
+            if self._dns is None:
+                hosts = self.workdir / "cluster-dns"
+                hosts.mkdir(exist_ok=True)
+                self._dns = self.pods("clusterdns", behind=self.cluster_network(), cmd=[
+                    "dnsmasq", "-k", "--user=root", "--no-resolv", "--no-hosts", "--port=53",
+                    f"--pid-file={self.workdir / 'dnsmasq.pid'}", f"--hostsdir={hosts}",
+                    "--listen-address=0.0.0.0", "--bind-interfaces",
+                    "--local=/cluster.local/", "--local=//"])
+                self._dns.wait_port(53)
+            return self._dns
+
+    def service_pod(self, name: str, namespace: str = "staging", *,
+                    cmd: list[str] | None = None) -> Any:
+        """A pod in the cluster network named ``<name>.<namespace>.svc.cluster.local`` in
+        the cluster DNS: what only the namespace's pods reach and resolve."""
+        dns = self.cluster_dns()
+        pod = self.pods(name, cmd=cmd, behind=self.cluster_network())
+        record = self.workdir / "cluster-dns" / f"{name}.{namespace}"
+        record.write_text(f"{pod.ip}\t{name}.{namespace}.svc.cluster.local\n")
+        fqdn = f"{name}.{namespace}.svc.cluster.local"
+        for _ in range(50):  # dnsmasq reads new files of --hostsdir through inotify
+            if dns.exec([sys.executable, "-c", _DNS_PROBE, fqdn]).returncode == 0:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"the cluster DNS does not answer {fqdn}")
+        return pod
+
     def _kill(self, c: Container) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(c.proc.pid, signal.SIGKILL)
@@ -429,11 +501,14 @@ class Cluster:
         if not self.images.search(image):
             self._pull_backoff(ns, pod_name, field, name, image)
             return
-        if not pod["spec"].get("hostPID"):
-            raise AssertionError("the stand-in runs agent Job pods with hostPID only")
-        self._start(ns, pod_name, container, self._command(container, None))
+        if pod["spec"].get("hostPID"):
+            self._start(ns, pod_name, container, self._command(container, None))
+        else:  # a pod of its own (targetless agent): a network namespace in the cluster
+            self._realize(ns, pod_name, container, self._command(container, None))
         with self.lock:
             pod["status"]["phase"] = "Running"
+            if pod_name in self.netns:
+                pod["status"]["podIP"] = self.netns[pod_name].ip
         self._set_state(ns, pod_name, field, name, image, k.V1ContainerState(
             running=k.V1ContainerStateRunning(started_at=now())), ready=True)
 
@@ -778,12 +853,15 @@ class StandIn:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(5)
 
-    def kubeconfig(self, path: Path, namespace: str = "default") -> Path:
+    def kubeconfig(self, path: Path, namespace: str | None = "default") -> Path:
+        """A kubeconfig for the stand-in; ``namespace=None``: a context that sets none."""
+        context = {"cluster": "stand-in", "user": USER}
+        if namespace is not None:
+            context["namespace"] = namespace
         path.write_text(json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "stand-in",
             "clusters": [{"name": "stand-in", "cluster": {"server": self.url}}],
             "users": [{"name": USER, "user": {"token": TOKEN}}],
-            "contexts": [{"name": "stand-in", "context": {"cluster": "stand-in", "user": USER,
-                                                          "namespace": namespace}}],
+            "contexts": [{"name": "stand-in", "context": context}],
         }))
         return path

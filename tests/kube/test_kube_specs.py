@@ -6,7 +6,7 @@ import pytest
 from kubernetes import client as k
 from tether.config import AgentConfig
 from tether.targets import TargetError
-from tether.targets.kube_agent import ephemeral_container, job, plan
+from tether.targets.kube_agent import ephemeral_container, job, plan, targetless_job
 from tether.targets.kube_api import label_selector, resource_path
 from tether.targets.kube_resolve import PodRef, choose_container, parse_path, pod_state
 
@@ -92,3 +92,22 @@ def test_job_spec_is_pinned_labelled_and_expires():
     assert labels["app.kubernetes.io/managed-by"] == "tether" and labels["team"] == "a"
     args = spec["containers"][0]["args"]
     assert args[:3] == ["--container-id", "containerd://feed", "--enter-netns"]
+
+
+def test_targetless_job_is_an_ordinary_pod_of_the_namespace():
+    agent = AgentConfig(ttl=7, labels={"team": "a"}, image_pull_secrets=("regcred",))
+    body = targetless_job(plan(agent), agent, "s3cret", "debug")
+    spec = body["spec"]["template"]["spec"]
+    [c] = spec["containers"]
+    assert "--targetless" in c["args"] and "--target-pid" not in c["args"]
+    assert c["args"][c["args"].index("--idle-exit") + 1] == "7"
+    assert body["spec"]["ttlSecondsAfterFinished"] == 7
+    assert not {"hostPID", "nodeName", "tolerations"} & set(spec)  # no node to follow
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert c["env"] == [{"name": "TETHER_AGENT_SECRET", "value": "s3cret"}]
+    assert "s3cret" not in " ".join(c["args"])
+    labels = body["spec"]["template"]["metadata"]["labels"]
+    assert labels["tether.dev/targetless"] == "true" and labels["team"] == "a"
+    assert labels["app.kubernetes.io/managed-by"] == "tether"
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+    k.ApiClient()._ApiClient__deserialize(body, "V1Job")  # the client's model accepts it

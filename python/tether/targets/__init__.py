@@ -42,10 +42,8 @@ def resolve_target(path: str | None, namespace: str | None = None,
                    config: Config | None = None) -> Target:
     from .process import ProcessTarget
 
-    if not path:
-        raise TargetError(
-            "no target given: pass --target process/<pid> (or set target.path in the config file)"
-        )
+    if not path or path == "targetless":
+        return _targetless(namespace, config)
     kind, _, rest = path.partition("/")
     if kind == "process":
         try:
@@ -59,12 +57,26 @@ def resolve_target(path: str | None, namespace: str | None = None,
         from .kubernetes import KubernetesTarget
 
         return KubernetesTarget(path, namespace, config)
-    if kind == "targetless":
-        raise TargetError(
-            "targetless sessions are not available in this build yet; name a target "
-            "(deployment/<name>, pod/<name>, process/<pid>, ...)"
-        )
     raise TargetError(
         f"target {path!r}: unknown kind {kind!r} (expected process/<pid>, pod/<name>, "
         "deployment/<name>, ...)"
+    )
+
+
+def _targetless(namespace: str | None, config: Config | None) -> Target:
+    """No target: an agent pod of its own in a Kubernetes namespace, when one is named."""
+    from ..config import Config
+    from .kube_targetless import TargetlessTarget, kube_configured, targetless_namespace
+
+    config = config or Config()
+    ns = targetless_namespace(config, namespace)
+    if ns:
+        return TargetlessTarget(ns, config)
+    if kube_configured(config):
+        raise TargetError(
+            "no target given: pass --target process/<pid> or a Kubernetes target "
+            "(deployment/<name>, ...), or a namespace (-n <namespace>) for a targetless "
+            "session (outgoing traffic and DNS only)")
+    raise TargetError(
+        "no target given: pass --target process/<pid> (or set target.path in the config file)"
     )

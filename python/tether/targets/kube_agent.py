@@ -105,6 +105,46 @@ def job(p: AgentPlan, target: PodRef, agent: AgentConfig, secret: str,
                                 "capabilities": {"add": _capabilities(agent)}},
         }],
     }
+    return _job_body(p, labels, agent, pod_spec)
+
+
+def targetless_job(p: AgentPlan, agent: AgentConfig, secret: str,
+                   log_level: str) -> dict[str, Any]:
+    """A Job whose pod *is* the agent's network context (no target: outgoing and DNS only).
+
+    The agent runs as the pod's main process with ``--targetless`` (it acts in its own
+    namespaces), so it needs no hostPID, no node and no capabilities: it is an ordinary pod
+    of the namespace, which Pod Security "baseline" admits.  A Job rather than a bare Pod:
+    ``ttlSecondsAfterFinished`` removes the pod after the agent's idle exit when the laptop
+    died, and the RBAC is the Job strategy's.
+    """
+    labels = {**LABELS, "tether.dev/targetless": "true", **dict(agent.labels)}
+    security: dict[str, Any] = (
+        {"privileged": True} if agent.privileged else
+        {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+         "seccompProfile": {"type": "RuntimeDefault"}})
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [{
+            "name": "agent",
+            "image": p.image,
+            "imagePullPolicy": agent.image_pull_policy,
+            "command": ["tether-agent"],
+            "args": ["--targetless", "--listen", f"127.0.0.1:{p.port}",
+                     "--idle-exit", _idle_exit(agent), "--log-level", log_level],
+            "env": _env(secret, agent),
+            "resources": dict(agent.resources) if agent.resources is not None
+            else DEFAULT_RESOURCES,
+            "securityContext": security,
+        }],
+    }
+    if agent.tolerations is not None:  # no target node to follow: the scheduler's default
+        pod_spec["tolerations"] = list(agent.tolerations)
+    return _job_body(p, labels, agent, pod_spec)
+
+
+def _job_body(p: AgentPlan, labels: dict[str, str], agent: AgentConfig,
+              pod_spec: dict[str, Any]) -> dict[str, Any]:
     if agent.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": s} for s in agent.image_pull_secrets]
     if agent.service_account:

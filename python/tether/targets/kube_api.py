@@ -94,6 +94,19 @@ class KubeApi:
         self._pid = os.getpid()
         return self._client
 
+    def context_namespace(self) -> str | None:
+        """The namespace the kubeconfig's (chosen) context sets, None if it sets none."""
+        from kubernetes import config as kconfig
+
+        path = os.path.expanduser(self.kubeconfig) if self.kubeconfig else None
+        try:
+            contexts, active = kconfig.list_kube_config_contexts(config_file=path)
+        except (kconfig.ConfigException, FileNotFoundError, OSError) as exc:
+            raise TargetError(f"cannot read the Kubernetes configuration: {exc}") from None
+        if self.context:
+            active = next((c for c in contexts if c["name"] == self.context), None)
+        return ((active or {}).get("context") or {}).get("namespace") or None
+
     # ---- REST ----
     # The generated CoreV1Api/AppsV1Api modules take seconds to import (thousands of
     # validated methods); tether needs a dozen calls, so it builds them with the client's
