@@ -10,6 +10,9 @@ always reaches it through the target pod's port-forward:
 * job: a pod on the target's node with ``hostPID`` finds the app container's process by
   its container id (``/proc/*/cgroup``) and enters its network namespace.
 
+Targetless sessions (``targetless_job``) have no target pod: the agent's own pod is the
+network context and the port-forward goes to it.
+
 The session secret travels in the container's environment (``TETHER_AGENT_SECRET``).
 """
 
