@@ -112,8 +112,10 @@ def test_targetless_refuses_to_steal(kube, kube_tether):
 
 
 def test_targetless_mirror_settings_are_ignored_with_a_warning(kube, kube_tether):
-    res = kube_tether([sys.executable, "-c", "print('ran')"], args=["-n", "staging"],
-                      config={"feature": {"network": {"incoming": {"mode": "mirror",
+    """The config file's form: mirrord's "path": "targetless" with a namespace."""
+    res = kube_tether([sys.executable, "-c", "print('ran')"],
+                      config={"target": {"path": "targetless", "namespace": "staging"},
+                              "feature": {"network": {"incoming": {"mode": "mirror",
                                                                    "ports": [8080]}}}})
     assert res.returncode == 0, res.stderr
     assert "ran" in res.stdout
