@@ -78,51 +78,76 @@ def register(name: str, fields: Mapping[str, tuple[Any, bool]]) -> None:
     if name in SCHEMAS:
         raise ValueError(f"message type {name!r} registered twice")
     SCHEMAS[name] = dict(fields)
+    _CHECKS.pop(name, None)
+
+
+# Each schema flattened once into (field, type, required, int-but-not-bool) rows: validation
+# runs on every frame of every link, so it walks a tuple instead of re-reading the schema.
+_CHECKS: dict[str, tuple[tuple[str, Any, bool, bool], ...]] = {}
+
+
+def _checks(kind: str) -> tuple[tuple[str, Any, bool, bool], ...] | None:
+    schema = SCHEMAS.get(kind)
+    if schema is None:
+        return None
+    rows = tuple((name, typ, required, typ is _INT) for name, (typ, required) in schema.items()
+                 if required or typ is not _ANY)
+    _CHECKS[kind] = rows
+    return rows
 
 
 def validate(msg: object) -> Message:
     """Return ``msg`` if it is a well-formed message, else raise ProtocolError."""
-    if not isinstance(msg, dict):
-        raise ProtocolError(f"message is a {type(msg).__name__}, not a map")
+    if type(msg) is not dict:
+        if not isinstance(msg, dict):
+            raise ProtocolError(f"message is a {type(msg).__name__}, not a map")
     kind = msg.get("t")
-    if not isinstance(kind, str):
-        raise ProtocolError("message has no string 't' (type) field")
-    schema = SCHEMAS.get(kind)
-    if schema is None:
-        raise ProtocolError(f"unknown message type {kind!r}")
-    for field, (typ, required) in schema.items():
+    if type(kind) is not str:
+        if not isinstance(kind, str):
+            raise ProtocolError("message has no string 't' (type) field")
+    rows = _CHECKS.get(kind)
+    if rows is None:
+        rows = _checks(kind)
+        if rows is None:
+            raise ProtocolError(f"unknown message type {kind!r}")
+    for field, typ, required, is_int in rows:
         if field not in msg:
             if required:
                 raise ProtocolError(f"{kind}: missing field {field!r}")
             continue
-        value = msg[field]
         if typ is _ANY:
             continue
-        if typ is _INT and isinstance(value, bool):
-            raise ProtocolError(f"{kind}.{field}: expected int, got bool")
-        if not isinstance(value, typ):
+        value = msg[field]
+        if not isinstance(value, typ) or (is_int and isinstance(value, bool)):
+            if is_int and isinstance(value, bool):
+                raise ProtocolError(f"{kind}.{field}: expected int, got bool")
             raise ProtocolError(
                 f"{kind}.{field}: expected {typ.__name__}, got {type(value).__name__}"
             )
     return msg
 
 
+_packb = msgpack.Packer(use_bin_type=True).pack  # one Packer: no per-message set-up
+
+
 def pack(msg: Mapping[str, Any]) -> bytes:
     """The msgpack body of a message (no length prefix)."""
-    body: bytes = msgpack.packb(dict(msg), use_bin_type=True)
+    body: bytes = _packb(msg if type(msg) is dict else dict(msg))
     return body
 
 
 def encode(msg: Mapping[str, Any]) -> bytes:
     """One frame: length prefix plus msgpack body."""
-    validate(dict(msg))
-    body = pack(msg)
+    if type(msg) is not dict:
+        msg = dict(msg)
+    validate(msg)
+    body = _packb(msg)
     if len(body) > MAX_FRAME:
         raise ProtocolError(f"message of {len(body)} bytes exceeds the {MAX_FRAME} byte limit")
     return _HEADER.pack(len(body)) + body
 
 
-def unpack(body: bytes) -> Message:
+def unpack(body: bytes | memoryview) -> Message:
     try:
         msg = msgpack.unpackb(body, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types
@@ -138,17 +163,31 @@ class FrameDecoder:
         self._max = max_frame
 
     def feed(self, data: bytes) -> Iterator[Message]:
-        self._buf += data
-        while len(self._buf) >= _HEADER.size:
-            (length,) = _HEADER.unpack_from(self._buf)
-            if length > self._max:
-                raise ProtocolError(f"frame of {length} bytes exceeds the {self._max} byte limit")
-            end = _HEADER.size + length
-            if len(self._buf) < end:
-                return
-            body = bytes(self._buf[_HEADER.size : end])
-            del self._buf[:end]
-            yield unpack(body)
+        # Frames are parsed in place (a memoryview, no copy per frame); only an incomplete
+        # tail is kept for the next call.
+        if self._buf:
+            self._buf += data
+            data = bytes(self._buf)
+            self._buf.clear()
+        view = memoryview(data)
+        size = len(data)
+        pos = 0
+        try:
+            while size - pos >= 4:
+                (length,) = _HEADER.unpack_from(data, pos)
+                if length > self._max:
+                    raise ProtocolError(
+                        f"frame of {length} bytes exceeds the {self._max} byte limit")
+                end = pos + 4 + length
+                if end > size:
+                    break
+                msg = unpack(view[pos + 4 : end])
+                pos = end
+                yield msg
+        finally:
+            if pos < size:
+                self._buf += view[pos:]
+            view.release()
 
     @property
     def pending(self) -> int:
