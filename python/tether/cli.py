@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 import click
 
-from . import __version__, protocol
+from . import __version__, messages_session, protocol  # noqa: F401  (its messages)
 from .config import Config, ConfigError, LoadedConfig, load_config
 from .targets import TargetError, resolve_target
 
@@ -108,8 +108,6 @@ def exec_command(config_file: str | None, target: str | None, target_namespace: 
 
 
 def run_exec(config: Config, target: Any, command: list[str]) -> NoReturn:
-    from .orchestrator import Orchestrator
-
     layer_so = layer_path()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     parent_pid = os.getpid()
@@ -123,8 +121,19 @@ def run_exec(config: Config, target: Any, command: list[str]) -> NoReturn:
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, 0)
             os.close(devnull)
+            # A process target forks its agent first, so that the agent's start-up and the
+            # orchestrator's (its imports below) run in parallel.
+            secret = ""
+            prestart = getattr(target, "prestart_agent", None)
+            if prestart is not None:
+                import secrets
+
+                secret = secrets.token_hex(16)
+                prestart(secret, os.environ.get("TETHER_LOG", "info"))
+            from .orchestrator import Orchestrator
+
             orch = Orchestrator(config=config, target=target, local_env=dict(os.environ),
-                                cwd=os.getcwd(), layer_so=layer_so)
+                                cwd=os.getcwd(), layer_so=layer_so, agent_secret=secret)
             code = _run_orchestrator(orch, theirs, parent_pid)
         except BaseException:  # never return into click in the forked child
             log.exception("orchestrator failed")

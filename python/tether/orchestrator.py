@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import protocol, seccomp  # seccomp: registers its messages
+from . import messages_session, protocol, seccomp  # noqa: F401  (register their messages)
 from .config import Config
 from .environment import compute_env
 from .features import feature_classes
@@ -38,11 +38,6 @@ from .targets import Target, TargetError
 
 log = logging.getLogger("tether")
 
-protocol.register("session_ready", {"env": (dict, True), "socket": (str, True)})
-protocol.register("session_failed", {"message": (str, True)})
-# tether exec -> orchestrator: the program is about to be exec'd; with "fds": 1 it carries
-# the seccomp listener of a static/Go program (the orchestrator answers once it supervises).
-protocol.register("session_exec", {})
 
 # Programs that only build or debug: the layer loads in pass-through mode so that their
 # children (the program being built and run, the debuggee) still get it.
@@ -50,6 +45,10 @@ BUILD_TOOLS = (
     "go,cc,cc1,cc1plus,gcc,g++,clang,clang++,ld,ld.bfd,ld.gold,ld.lld,as,collect2,make,cmake,"
     "ninja,cargo,rustc,javac,mvn,gradle,git,pkg-config,gdb,lldb,dlv,strace,ltrace"
 )
+
+
+def agent_log_level() -> str:
+    return os.environ.get("TETHER_LOG", "info")
 
 
 @dataclass
@@ -66,6 +65,8 @@ class Orchestrator:
     local_env: dict[str, str]
     cwd: str
     layer_so: str
+    # Set when the agent was started before the event loop (``prestart_agent``).
+    agent_secret: str = ""
     layer_handlers: dict[str, Handler] = field(default_factory=dict)
     sessions: dict[int, LayerSession] = field(default_factory=dict)
     child_env: dict[str, str] = field(default_factory=dict)
@@ -86,12 +87,12 @@ class Orchestrator:
     async def start(self) -> dict[str, str]:
         """Start the agent and the layer server; return the program's environment."""
         self.target.check()
-        secret = secrets.token_hex(16)
-        log_level = os.environ.get("TETHER_LOG", "info")
-        conn = await self.target.start_agent(secret, log_level)
+        secret = self.agent_secret or secrets.token_hex(16)
+        conn = await self.target.start_agent(secret, agent_log_level())
         self.agent = Link(conn.sock, name="agent-link")
         self._tasks.append(asyncio.create_task(self.agent.serve()))
         timeout = float(self.config.agent.startup_timeout)
+        classes = feature_classes()  # imports: the agent starts up meanwhile
         try:
             hello = await self._agent_call(
                 {"t": "auth", "v": protocol.VERSION, "secret": secret}, timeout
@@ -101,7 +102,7 @@ class Orchestrator:
             raise TargetError(
                 f"the agent did not start in {self.target.describe()}: {reason}") from None
         log.info("agent ready in %s (%s)", self.target.describe(), hello["agent"])
-        self.features = [cls(self) for cls in feature_classes()]
+        self.features = [cls(self) for cls in classes]
         for feature in self.features:
             self.layer_handlers.update(getattr(feature, "layer_handlers", dict)())
 

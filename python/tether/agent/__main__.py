@@ -126,13 +126,16 @@ async def run(args: argparse.Namespace, secret: str) -> int:
         log.info("orchestrator %s gone (%s)", peer, reason)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, secret: str | None = None) -> int:
+    """The agent program; ``secret`` is given by an orchestrator that forked us (process
+    targets, tether.targets.process), else read from TETHER_AGENT_SECRET."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="tether-agent[%(process)d] %(levelname)s %(message)s",
     )
-    secret = os.environ.pop("TETHER_AGENT_SECRET", "")
+    if secret is None:
+        secret = os.environ.pop("TETHER_AGENT_SECRET", "")
     if not secret:
         print("tether-agent: TETHER_AGENT_SECRET is not set", file=sys.stderr)
         return 2

@@ -95,15 +95,19 @@ async def _authenticate(link: Link, msg: Message) -> Message | None:
                    "message": "bad session secret"})
         link.close("bad secret")
         return None
-    link.handlers = all_handlers()
+    link.handlers = link.state.get("handlers") or all_handlers()
     log.info("orchestrator authenticated")
     return {"t": "auth_ok", "agent": f"tether-agent/{os.getpid()}", "target_pid": ctx.target_pid}
 
 
 async def serve_connection(ctx: AgentContext, sock: socket.socket) -> str:
     """Serve one orchestrator until it goes away; return why the link closed."""
+    # Import every feature module before the orchestrator's first frame can arrive: on a
+    # process target the orchestrator is busy starting up meanwhile, so this costs no time.
+    handlers = all_handlers()
     link = Link(sock, {"auth": _authenticate}, name="agent")
     link.state["ctx"] = ctx
+    link.state["handlers"] = handlers
     await link.serve()
     for cleanup in list(link.state.get("cleanups", [])):
         try:

@@ -3,14 +3,23 @@
 The agent is started here as a child of the orchestrator, enters the target's network
 namespace, and reads its environment and files through /proc/<pid>.  This target is also
 the harness of tether's end-to-end tests (network namespaces as pods).
+
+The agent is a *fork* of the orchestrator, not a new interpreter: ``tether exec`` has
+already paid for Python and most imports, and a fresh ``tether-agent`` costs 100-200 ms
+of start-up on the critical path of every session (docs/architecture.md, "Start-up and
+round trips").  The fork happens before the orchestrator's event loop exists
+(``prestart_agent``), so the two processes import the rest of what they need in parallel.
+``TETHER_AGENT_EXEC=1`` starts the ``tether-agent`` program instead (as before).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 
@@ -24,10 +33,60 @@ def agent_command() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "tether.agent"]
 
 
+def _set_title(title: str) -> None:
+    """Make ``ps``/``pgrep -f`` show ``title`` as our command line (what setproctitle does):
+    overwrite the kernel's argv area, through /proc/self/mem, truncated to its size."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (stat 48, 49)
+        raw = title.encode()[: max(0, end - start - 1)]
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            mem.write(raw + b"\0" * (end - start - len(raw)))
+    except (OSError, ValueError, IndexError):
+        pass  # cosmetic: comm is "tether-agent" anyway
+
+
+def _reset_for_agent(stderr_fd: int, keep: int) -> None:
+    """In the forked agent: a fresh session, our stdio, no descriptor or handler of the
+    orchestrator's, logging as a new process has it."""
+    os.setsid()
+    # Objects inherited from the orchestrator are never collected here: one of them closing
+    # "its" descriptor number later could close one of the agent's.
+    gc.freeze()
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.dup2(stderr_fd, 2)
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd != keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+                signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for logger in (logging.getLogger(), logging.getLogger("tether")):
+        logger.handlers[:] = []
+        logger.setLevel(logging.NOTSET)
+    logging.getLogger("tether").propagate = True
+    logging.getLogger().setLevel(logging.WARNING)
+
+
 class ProcessTarget:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self._agent: asyncio.subprocess.Process | None = None
+        self._agent_pid = 0  # a forked agent (our child, reaped through its pidfd)
+        self._pidfd = -1
+        self._exit: asyncio.Future[int] | None = None
+        self._exit_code: int | None = None
+        self._stderr_fd = -1
+        self._conn: socket.socket | None = None
         self._stderr_lines: list[str] = []
         self._stderr_task: asyncio.Task[None] | None = None
 
@@ -62,7 +121,83 @@ class ProcessTarget:
             else:
                 log.debug("%s", text)
 
+    # ---- the forked agent ----
+    def prestart_agent(self, secret: str, log_level: str) -> None:
+        """Fork the agent now (no event loop yet); ``start_agent`` then picks it up."""
+        if self._conn is not None or os.environ.get("TETHER_AGENT_EXEC") == "1":
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        argv = ["--target-pid", str(self.pid), "--enter-netns", "--fd", str(theirs.fileno()),
+                "--log-level", log_level]
+        orchestrator = os.getpid()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        pid = os.fork()
+        if pid == 0:
+            code = 70
+            try:
+                _reset_for_agent(write_end, keep=theirs.fileno())
+                os.set_inheritable(theirs.fileno(), True)
+                from .. import _native
+
+                _native.lib.tether_set_pdeathsig(signal.SIGKILL)
+                if os.getppid() != orchestrator:  # it died before the line above
+                    os._exit(1)
+                _set_title("tether-agent " + " ".join(argv))
+                from ..agent.__main__ import main as agent_main
+
+                code = agent_main(argv, secret=secret)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        theirs.close()
+        os.close(write_end)
+        self._agent_pid = pid
+        self._pidfd = os.pidfd_open(pid)
+        self._stderr_fd = read_end
+        self._conn = ours
+        log.debug("started agent: pid %d (forked)", pid)
+
+    def _on_agent_exit(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._pidfd)
+        try:
+            _, status = os.waitpid(self._agent_pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            code = -1
+        self._exit_code = code
+        if self._exit is not None and not self._exit.done():
+            self._exit.set_result(code)
+
+    async def _wait_forked(self) -> int:
+        if self._exit_code is not None:
+            return self._exit_code
+        assert self._exit is not None
+        return await asyncio.shield(self._exit)
+
     async def start_agent(self, secret: str, log_level: str) -> AgentConnection:
+        self.prestart_agent(secret, log_level)
+        if self._conn is not None:
+            loop = asyncio.get_running_loop()
+            self._exit = loop.create_future()
+            loop.add_reader(self._pidfd, self._on_agent_exit)
+            reader = asyncio.StreamReader()
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                         os.fdopen(self._stderr_fd, "rb", buffering=0))
+            self._stderr_task = asyncio.create_task(self._pump_stderr(reader))
+            return AgentConnection(self._conn,
+                                   f"tether-agent pid {self._agent_pid} in {self.describe()}")
+        return await self._exec_agent(secret, log_level)
+
+    # ---- the tether-agent program (TETHER_AGENT_EXEC=1) ----
+    async def _exec_agent(self, secret: str, log_level: str) -> AgentConnection:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = dict(os.environ)
         env["TETHER_AGENT_SECRET"] = secret
@@ -83,8 +218,11 @@ class ProcessTarget:
 
     async def agent_failure(self) -> str:
         """Wait for the agent to exit; return the reason it gave."""
-        assert self._agent is not None
-        code = await self._agent.wait()
+        if self._agent_pid:
+            code = await self._wait_forked()
+        else:
+            assert self._agent is not None
+            code = await self._agent.wait()
         if self._stderr_task:
             await asyncio.wait([self._stderr_task], timeout=1)
         for line in reversed(self._stderr_lines):
@@ -108,6 +246,9 @@ class ProcessTarget:
         return f"target process {self.pid} has exited"
 
     async def stop_agent(self) -> None:
+        if self._agent_pid:
+            await self._stop_forked()
+            return
         proc = self._agent
         if proc is None or proc.returncode is not None:
             return
@@ -117,3 +258,22 @@ class ProcessTarget:
         except TimeoutError:
             proc.kill()
             await proc.wait()
+
+    async def _stop_forked(self) -> None:
+        if self._exit_code is None:
+            try:
+                os.kill(self._agent_pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            if self._exit is None:  # never reached start_agent: no loop watches it
+                os.waitpid(self._agent_pid, 0)
+                self._exit_code = -1
+            else:
+                try:
+                    await asyncio.wait_for(self._wait_forked(), 2)
+                except TimeoutError:
+                    os.kill(self._agent_pid, signal.SIGKILL)
+                    await self._wait_forked()
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
