@@ -347,6 +347,17 @@ def test_short_and_long_forms(
             "feature.network.incoming.port_mapping[0][1]: 70000 is out of range (0..65535)",
         ),
         (
+            incoming({"mode": "steal", "shadow": True}),
+            (
+                "feature.network.incoming.shadow: shadow compares the target's answers with "
+                "the local program's while mirroring: it needs mode mirror"
+            ),
+        ),
+        (
+            incoming({"shadow": "yes"}),
+            "feature.network.incoming.shadow: expected a boolean, got 'yes'",
+        ),
+        (
             incoming({"on_concurrent_steal": "kill"}),
             "feature.network.incoming.on_concurrent_steal: 'kill' is not one of abort, continue, override",
         ),
@@ -724,3 +735,13 @@ def test_empty_yaml_file_is_the_defaults(tmp_path: Path) -> None:
     path = tmp_path / "empty.yml"
     path.write_text("# nothing yet\n")
     assert load_config(str(path)).config == Config()
+
+
+def test_incoming_shadow_defaults_off_and_parses() -> None:
+    assert parse_config({}).config.feature.network.incoming.shadow is False
+    cfg = parse_config(incoming({"mode": "mirror", "shadow": True})).config
+    assert cfg.feature.network.incoming.shadow is True
+    assert parse_config(incoming({"shadow": True})).config.feature.network.incoming.shadow is True
+    steal = parse_config(incoming({"mode": "steal", "shadow": False})).config
+    assert steal.feature.network.incoming.shadow is False
+    assert dump_effective(cfg)["feature"]["network"]["incoming"]["shadow"] is True

@@ -31,7 +31,6 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias, cast
 
-
 IncomingMode: TypeAlias = Literal["mirror", "steal", "off"]
 FsMode: TypeAlias = Literal["read", "write", "local", "localwithoverrides"]
 ConcurrentSteal: TypeAlias = Literal["abort", "continue", "override"]
@@ -195,6 +194,7 @@ class IncomingConfig:
     listen_ports: tuple[tuple[int, int], ...] = ()  # (remote, local listen)
     ignore_localhost: bool = False
     on_concurrent_steal: ConcurrentSteal = "abort"
+    shadow: bool = False  # tether extension: mirror compares target and local answers
 
 
 @dataclass(frozen=True)
@@ -969,6 +969,7 @@ _INCOMING_ACTED = (
     "listen_ports",
     "ignore_localhost",
     "on_concurrent_steal",
+    "shadow",
 )
 
 
@@ -1008,6 +1009,14 @@ def _incoming(ctx: _Ctx, value: Any, path: str) -> IncomingConfig:
         got_mode = _enum(ctx, fields["on_concurrent_steal"], p, CONCURRENT_STEAL)
         if got_mode:
             kw["on_concurrent_steal"] = got_mode
+    if "shadow" in fields:
+        got = _bool(ctx, fields["shadow"], _join(path, "shadow"))
+        if got is not None:
+            kw["shadow"] = got
+            if got and kw.get("mode", "mirror") != "mirror":
+                ctx.error(_join(path, "shadow"),
+                          "shadow compares the target's answers with the local program's "
+                          "while mirroring: it needs mode mirror")
     return IncomingConfig(**kw)
 
 
@@ -1365,6 +1374,7 @@ def dump_effective(config: Config) -> dict[str, Any]:
                     "listen_ports": [list(p) for p in inc.listen_ports],
                     "ignore_localhost": inc.ignore_localhost,
                     "on_concurrent_steal": inc.on_concurrent_steal,
+                    "shadow": inc.shadow,
                 },
                 "outgoing": {
                     "tcp": out.tcp,

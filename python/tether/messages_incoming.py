@@ -5,10 +5,11 @@ layer -> orchestrator
                                               served locally at addr:local_port
   in_peer {port, listen_port}                 who is the relay connection from local `port`?
 orchestrator -> agent
-  in_subscribe {port, mode, filter?, relay?}  mirror or steal `port` (filter: mirrord's
-                                              http_filter mapping, with optional ports;
+  in_subscribe {port, mode, filter?, relay?,  mirror or steal `port` (filter: mirrord's
+                shadow?}                      http_filter mapping, with optional ports;
                                               relay: hand streams over as relay streams,
-                                              not descriptors)
+                                              not descriptors; shadow: mirror also
+                                              summarises the target's answers, in_shadow)
   in_unsubscribe {port}
 agent -> orchestrator
   in_conn {conn, port, peer_addr, peer_port, mode} + one descriptor: a stream to deliver to
@@ -23,6 +24,9 @@ agent -> orchestrator
                                               relay_ack n=0, which starts the
                                               orchestrator's end.
   in_lost {port, reason}                      a subscription broke inside the agent
+  in_shadow {port, peer_addr, peer_port,      mirror with shadow: the target's answers on
+             answers, end?}                   that connection, summarised in order
+                                              (tether.http.shadow); end: the flow is over
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ def _register() -> None:
     reg("in_peer", {"id": (_I, True), "port": (_I, True), "listen_port": (_I, False)})
     reg("in_peer_reply", {"id": (_I, True), "addr": (object, True), "port": (_I, True)})
     reg("in_subscribe", {"id": (_I, True), "port": (_I, True), "mode": (_S, True),
-                         "filter": (object, False), "relay": (_B, False)})
+                         "filter": (object, False), "relay": (_B, False),
+                         "shadow": (_B, False)})
     reg("in_subscribe_reply", {"id": (_I, True), "port": (_I, True)})
     reg("in_unsubscribe", {"id": (_I, True), "port": (_I, True)})
     reg("in_unsubscribe_reply", {"id": (_I, True)})
@@ -51,6 +56,8 @@ def _register() -> None:
                     "relay": (_B, False)})
     reg("in_conn_reply", {"id": (_I, True), "ok": (_B, True)})
     reg("in_lost", {"port": (_I, True), "reason": (_S, True)})
+    reg("in_shadow", {"port": (_I, True), "peer_addr": (_S, True), "peer_port": (_I, True),
+                      "answers": (list, True), "end": (_B, False)})
 
 
 _register()

@@ -78,15 +78,17 @@ class IncomingAgent:
         link.state.setdefault("cleanups", []).append(self.close)
 
     # ---- subscriptions ----
-    async def subscribe(self, port: int, mode: str, spec: Any, use_relay: bool = False) -> None:
+    async def subscribe(self, port: int, mode: str, spec: Any, use_relay: bool = False,
+                        shadow: bool = False) -> None:
         self.relay = use_relay or not self.link.can_pass_fds
         if port in self.subs:
             await self.unsubscribe(port)
         if mode == "mirror":
             sub = Subscription(port, mode)
-            sub.sniffer = Sniffer(port, lambda key: self._mirror_flow(port, key))
+            sub.sniffer = Sniffer(port, lambda key: self._mirror_flow(port, key), shadow,
+                                  lambda key, answers: self._shadow(port, key, answers))
             self.subs[port] = sub
-            log.info("mirroring port %d", port)
+            log.info("mirroring port %d%s", port, " (shadow: comparing answers)" if shadow else "")
             return
         if mode != "steal":
             raise RemoteError("bad_mode", f"unknown incoming mode {mode!r}")
@@ -270,6 +272,11 @@ class IncomingAgent:
             app.close()
 
     # ---- mirror ----
+    def _shadow(self, port: int, key: tuple[str, int, str, int], answers: list[Any]) -> None:
+        with contextlib.suppress(LinkClosed):
+            self.link.send({"t": "in_shadow", "port": port, "peer_addr": key[0],
+                            "peer_port": key[1], "answers": answers, "end": not answers})
+
     def _mirror_flow(self, port: int, key: tuple[str, int, str, int]) -> socket.socket | None:
         ours, theirs = socket.socketpair()
         ours.setblocking(False)
@@ -322,7 +329,7 @@ def _state(link: Link) -> IncomingAgent:
 
 async def _subscribe(link: Link, msg: Message) -> Message:
     await _state(link).subscribe(int(msg["port"]), str(msg["mode"]), msg.get("filter"),
-                                 bool(msg.get("relay")))
+                                 bool(msg.get("relay")), bool(msg.get("shadow")))
     return {"t": "in_subscribe_reply", "port": int(msg["port"])}
 
 

@@ -11,7 +11,9 @@
   requests, without and with the filter, vs straight to the local program, and vs the
   handed-over socket;
 - the target's own latency with mirroring on vs off (goal <= 1.05: the sniffer is not in
-  the data path).
+  the data path), in interleaved rounds; the session's CPU (the local program answering
+  every copy included) counts against the target; a second figure runs the session at
+  SCHED_IDLE, as a stand-in for the developer's own machine (see ``_mirror_rounds``).
 
 One keep-alive connection, sequential requests (latency p50/p99 and requests/s), bounded
 loops; all traffic between the host and a test pod (198.18.0.0/15).
@@ -92,11 +94,13 @@ def _bulk(host: str, port: int, tries: int = 2) -> float:
 
 class _Session:
     def __init__(self, ctx: BenchContext, pod: Any, incoming: dict[str, Any], server: str,
-                 relay: bool = False):
+                 relay: bool = False, idle: bool = False):
         cfg = ctx.workdir / f"incoming-{time.monotonic_ns()}.json"
         cfg.write_text(json.dumps({"feature": {"network": {"incoming": incoming}}}))
         argv = ctx.tether_exec(pod, [sys.executable, server, str(PORT), "local"],
                                args=["-f", str(cfg)])
+        if idle:
+            argv = ["chrt", "-i", "0", *argv]
         env = {**os.environ, "TETHER_INCOMING_RELAY": "1" if relay else "0"}
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, start_new_session=True, env=env)
@@ -122,6 +126,67 @@ class _Session:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, 9)
                 self.proc.wait()
+
+
+MIRROR_ROUNDS = 3
+MIRROR_NOTE = ("interleaved off/on rounds, all latencies pooled; the session (orchestrator, "
+               "agent, local program answering every copy) shares the same 2 cores at the "
+               "same priority: its cost is counted, not pinned away")
+
+
+def _mirror_rounds(ctx: BenchContext, pod: Any, server: str, idle: bool
+                   ) -> tuple[dict[str, float], dict[str, float]]:
+    """The target's latency with and without a mirror session, measured in alternating
+    rounds (off, on, off, on, ..., off) so drift in the machine's load hits both sides.
+
+    The developer side (orchestrator + local program) runs on this machine too; in real
+    use it runs on the developer's. ``idle=False`` counts its CPU against the target (the
+    honest worst case of a shared 2-core box); ``idle=True`` runs the whole session under
+    SCHED_IDLE (``chrt -i``), a stand-in for "another machine": it only gets CPU time the
+    target and the client do not want."""
+    on: list[float] = []
+    off: list[float] = []
+    rps_on: list[float] = []
+    rps_off: list[float] = []
+    n = N // MIRROR_ROUNDS
+    for _ in range(MIRROR_ROUNDS):
+        lat, rps = _latencies(pod.ip, PORT, n)
+        off += lat
+        rps_off.append(rps)
+        s = _Session(ctx, pod, {"mode": "mirror"}, server, idle=idle)
+        try:
+            lat, rps = _latencies(pod.ip, PORT, n)
+            on += lat
+            rps_on.append(rps)
+        finally:
+            s.stop()
+    lat, rps = _latencies(pod.ip, PORT, n)
+    off += lat
+    rps_off.append(rps)
+
+    def stats(lat: list[float], rps: list[float]) -> dict[str, float]:
+        lat.sort()
+        return {"p50": statistics.median(lat) * 1e3, "p99": lat[int(len(lat) * 0.99) - 1] * 1e3,
+                "rps": statistics.median(rps)}
+
+    return stats(on, rps_on), stats(off, rps_off)
+
+
+def _latencies(host: str, port: int, n: int) -> tuple[list[float], float]:
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    for _ in range(WARMUP):
+        conn.request("GET", "/")
+        conn.getresponse().read()
+    lat = []
+    t0 = time.perf_counter()
+    for _ in range(n):
+        s = time.perf_counter()
+        conn.request("GET", "/")
+        conn.getresponse().read()
+        lat.append(time.perf_counter() - s)
+    total = time.perf_counter() - t0
+    conn.close()
+    return lat, n / total
 
 
 def _figures(what: str, t: dict[str, float], d: dict[str, float], goal: str | None = None,
@@ -202,16 +267,12 @@ def run(ctx: BenchContext) -> list[dict[str, Any]]:
             out += _figures("stolen through the HTTP filter and the relay vs straight to the "
                             "local program", relayed_matched, local)
 
-            s = _Session(ctx, pod, {"mode": "mirror"}, str(server))
-            try:
-                mirrored = _measure(pod.ip, PORT, "/")
-            finally:
-                s.stop()
-            target_off2 = _measure(pod.ip, PORT, "/")
-            off = {k: min(target_off[k], target_off2[k]) if k != "rps" else
-                   max(target_off[k], target_off2[k]) for k in target_off}
+            mirrored, off = _mirror_rounds(ctx, pod, str(server), idle=False)
             out += _figures("target's own latency, mirroring on vs off", mirrored, off,
-                            goal="<= 1.05")
+                            goal="<= 1.05", note=MIRROR_NOTE)
+            mirrored_idle, off_idle = _mirror_rounds(ctx, pod, str(server), idle=True)
+            out += _figures("target's own latency, mirroring on (developer side at "
+                            "SCHED_IDLE) vs off", mirrored_idle, off_idle)[:1]
     finally:
         direct_local.terminate()
         direct_local.wait()

@@ -35,6 +35,7 @@ from .. import (
     relay,
 )
 from ..config import HttpFilter, IncomingConfig
+from ..http import shadow as shadow_mod
 from ..link import Link, LinkClosed, RemoteError
 from ..protocol import Message
 
@@ -79,8 +80,12 @@ class Feature:
         self.stats = {"conns": 0, "refused": 0}
         self._fatal: asyncio.Future[str] | None = None
         self._lock = asyncio.Lock()
+        # Shadow testing (mirror only): compare the target's answers with the program's.
+        self.shadow = (shadow_mod.Book() if self.cfg.mode == "mirror" and self.cfg.shadow
+                       else None)
         if orch.agent is not None:
-            orch.agent.handlers.update({"in_conn": self._in_conn, "in_lost": self._in_lost})
+            orch.agent.handlers.update({"in_conn": self._in_conn, "in_lost": self._in_lost,
+                                        "in_shadow": self._in_shadow})
 
     # ---- plug-in points ----
     def layer_config(self) -> dict[str, str]:
@@ -114,6 +119,8 @@ class Feature:
                     await agent.call({"t": "in_unsubscribe", "port": port}, timeout=1)
         for task in list(self.relays):
             task.cancel()
+        if self.shadow is not None:
+            log.info("tether: %s", self.shadow.summary())
 
     def _end(self, reason: str) -> None:
         log.error("tether: %s", reason)
@@ -138,6 +145,8 @@ class Feature:
         msg: dict[str, Any] = {"t": "in_subscribe", "port": port, "mode": self.cfg.mode}
         if self._relayed():
             msg["relay"] = True
+        if self.shadow is not None:
+            msg["shadow"] = True
         spec = self._spec(port)
         if spec is not None:
             msg["filter"] = spec
@@ -215,7 +224,10 @@ class Feature:
             return {"t": "in_conn_reply", "ok": False}
         self.stats["conns"] += 1
         mirror = msg["mode"] == "mirror"
-        task = asyncio.get_running_loop().create_task(self._relay(remote, *local, mirror))
+        shadow_key = ((port, str(msg["peer_addr"]), int(msg["peer_port"]))
+                      if mirror and self.shadow is not None else None)
+        task = asyncio.get_running_loop().create_task(
+            self._relay(remote, *local, mirror, shadow_key))
         self.relays.add(task)
         task.add_done_callback(self.relays.discard)
         return {"t": "in_conn_reply", "ok": True}
@@ -238,6 +250,10 @@ class Feature:
                     self._drop(port, "the local program no longer accepts connections"))
             return {"t": "in_conn_reply", "ok": False}
         self.stats["conns"] += 1
+        if self.shadow is not None and msg["mode"] == "mirror":
+            key = (port, str(msg["peer_addr"]), int(msg["peer_port"]))
+            self.shadow.skip(key, "not compared on relayed links (yet)")
+            self.shadow.ended(key, "local")
         sock, lport = local
         table = relay.table(link)
         stream = relay.RelayStream(conn, sock, link.send, table.done, started=False,
@@ -275,8 +291,10 @@ class Feature:
         return None
 
     async def _relay(self, remote: socket.socket, local: socket.socket, lport: int,
-                     mirror: bool) -> None:
+                     mirror: bool, shadow_key: tuple[int, str, int] | None = None) -> None:
         loop = asyncio.get_running_loop()
+        # Shadow: frame the copy (requests) and the program's answers, compare in the book.
+        ex = shadow_mod.Exchanges() if shadow_key is not None else None
 
         async def pump(src: socket.socket, dst: socket.socket | None) -> None:
             try:
@@ -284,6 +302,11 @@ class Feature:
                     data = await loop.sock_recv(src, READ_SIZE)
                     if not data:
                         break
+                    if ex is not None and self.shadow is not None and shadow_key is not None:
+                        if src is remote:
+                            ex.client(data)
+                        elif ex.broken is None:
+                            self.shadow.add(shadow_key, "local", ex.server(data))
                     if dst is not None:
                         await loop.sock_sendall(dst, data)
             except OSError:
@@ -298,6 +321,21 @@ class Feature:
             self.peers.pop(lport, None)
             remote.close()
             local.close()
+            if ex is not None and self.shadow is not None and shadow_key is not None:
+                if ex.broken is not None:
+                    self.shadow.skip(shadow_key, ex.broken)
+                self.shadow.ended(shadow_key, "local")
+
+    async def _in_shadow(self, link: Link, msg: Message) -> None:
+        """The target's answers on a mirrored connection (summaries), or its end."""
+        if self.shadow is None:
+            return None
+        key = (int(msg["port"]), str(msg["peer_addr"]), int(msg["peer_port"]))
+        if msg["answers"]:
+            self.shadow.add(key, "target", list(msg["answers"]))
+        if msg.get("end"):
+            self.shadow.ended(key, "target")
+        return None
 
     async def _in_lost(self, link: Link, msg: Message) -> None:
         port = int(msg["port"])
