@@ -120,10 +120,10 @@ class Feature:
         for task in list(self.relays):
             task.cancel()
         if self.shadow is not None:
-            log.info("tether: %s", self.shadow.summary())
+            log.info("%s", self.shadow.summary())
 
     def _end(self, reason: str) -> None:
-        log.error("tether: %s", reason)
+        log.error("%s", reason)
         if self._fatal is not None and not self._fatal.done():
             self._fatal.set_result(reason)
 
@@ -339,13 +339,13 @@ class Feature:
 
     async def _in_lost(self, link: Link, msg: Message) -> None:
         port = int(msg["port"])
-        log.error("tether: the %s of port %d broke in the agent: %s; re-establishing",
+        log.error("the %s of port %d broke in the agent: %s; re-establishing",
                   self.cfg.mode, port, msg["reason"])
         if port not in self.subs:
             return None
         try:
             await self._subscribe(port)
-            log.warning("tether: port %d is %s again", port,
+            log.warning("port %d is %s again", port,
                         "stolen" if self.cfg.mode == "steal" else "mirrored")
         except (TimeoutError, RemoteError, LinkClosed) as exc:
             self._end(f"lost the {self.cfg.mode} of port {port} and could not restore it: {exc}")
