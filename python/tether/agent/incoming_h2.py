@@ -360,7 +360,14 @@ class H2Router:
             self.routed["refused"] += 1
             self._reset(client, cs, ErrorCodes.REFUSED_STREAM)
             return
-        us = up.conn.get_next_available_stream_id()
+        try:
+            us = up.conn.get_next_available_stream_id()
+        except h2.exceptions.NoAvailableStreamIDError:  # 2^30 streams: a new connection
+            up.draining = True
+            if not up.streams:
+                self._retire(up)
+            await self._open_stream(cs, headers, ended)
+            return
         try:
             up.conn.send_headers(us, headers, end_stream=ended)
         except h2.exceptions.H2Error as exc:
