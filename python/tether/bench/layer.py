@@ -4,7 +4,11 @@
   program run under `tether exec` (layer loaded, session live) vs the same program run
   directly.  Goal: ratio <= 1.10.
 - Time from starting `tether exec` to the program's first instruction (a constructor that
-  reads the clock), on a process target, vs starting the program directly.
+  reads the clock), on a process target, vs starting the program directly; and the wall
+  time of `tether exec -- /bin/true` (start-up and tear-down) vs `/bin/true`.
+- One request/reply over tether.link (two Links on a socketpair in one process, the hop
+  every remote decision makes twice: layer -> orchestrator -> agent) vs a synchronous
+  ping-pong on a socketpair.
 """
 
 from __future__ import annotations
@@ -65,6 +69,54 @@ def _first_instruction_ms(argv: list[str]) -> float:
     return (int(out.split()[0]) - start) / 1e6
 
 
+def _wall_ms(argv: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, capture_output=True, check=True, timeout=60)
+    return (time.perf_counter() - start) * 1e3
+
+
+def _link_round_trip_us(n: int = 3000) -> float:
+    import asyncio
+    import socket
+
+    from ..link import Link
+
+    async def main() -> float:
+        a, b = socket.socketpair()
+
+        async def pong(link: Link, msg: dict[str, Any]) -> dict[str, Any]:
+            return {"t": "pong"}
+
+        la, lb = Link(a, name="a"), Link(b, {"ping": pong}, name="b")
+        tasks = [asyncio.create_task(la.serve()), asyncio.create_task(lb.serve())]
+        for _ in range(200):
+            await la.call({"t": "ping"})
+        start = time.perf_counter()
+        for _ in range(n):
+            await la.call({"t": "ping"})
+        took = time.perf_counter() - start
+        la.close()
+        lb.close()
+        await asyncio.gather(*tasks)
+        return took / n * 1e6
+
+    return asyncio.run(main())
+
+
+def _socketpair_round_trip_us(n: int = 20000) -> float:
+    import socket
+
+    a, b = socket.socketpair()
+    with a, b:
+        start = time.perf_counter()
+        for _ in range(n):
+            a.send(b"ping")
+            b.recv(64)
+            b.send(b"pong")
+            a.recv(64)
+        return (time.perf_counter() - start) / n * 1e6
+
+
 def run(ctx: BenchContext) -> list[dict[str, Any]]:
     calls = ctx.compile_c("calls", CALLS_C)
     first = ctx.compile_c("first", FIRST_C)
@@ -93,4 +145,13 @@ def run(ctx: BenchContext) -> list[dict[str, Any]]:
         results.append(figure("tether exec -> first instruction (process target)", "ms",
                               statistics.median(t_ms), statistics.median(d_ms),
                               note="absolute start-up latency is the figure that matters"))
+        t_wall = [_wall_ms(ctx.tether_exec(pod, ["/bin/true"])) for _ in range(10)]
+        d_wall = [_wall_ms(["/bin/true"]) for _ in range(10)]
+        results.append(figure("tether exec -- /bin/true, wall time", "ms",
+                              statistics.median(t_wall), statistics.median(d_wall)))
+    link = [_link_round_trip_us() for _ in range(5)]
+    pair = [_socketpair_round_trip_us() for _ in range(5)]
+    results.append(figure("one request/reply over tether.link (in process)", "us",
+                          statistics.median(link), statistics.median(pair),
+                          note="direct: a synchronous ping-pong on a socketpair"))
     return results
