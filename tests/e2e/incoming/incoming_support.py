@@ -59,7 +59,7 @@ class Session:
                 raise AssertionError(f"no {text!r} after {timeout}s:\n{self.output}")
             time.sleep(0.02)
 
-    def wait_ready(self) -> "Session":
+    def wait_ready(self) -> Session:
         self.wait_for("port 8080 of the target")
         return self
 

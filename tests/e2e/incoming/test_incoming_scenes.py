@@ -11,7 +11,14 @@ import subprocess
 import time
 
 import requests
-from incoming_support import LOCAL_ANSWER, PORT, TARGET_ANSWER, curl, nft_rules, target_answers_within
+from incoming_support import (
+    LOCAL_ANSWER,
+    PORT,
+    TARGET_ANSWER,
+    curl,
+    nft_rules,
+    target_answers_within,
+)
 
 USER_FILTER = {"mode": "steal", "http_filter": {"path_filter": r".*user=me\b.*"}}
 HEADER_FILTER = {"mode": "steal", "http_filter": {"header_filter": r"^x-user: me$"}}
