@@ -43,7 +43,8 @@ def test_shadow_skips_what_is_not_http(target, session):
     s = session(target, SHADOW)
     with socket.create_connection((target.ip, PORT), timeout=5) as c:
         c.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
-        c.recv(100)
+        while c.recv(4096):  # read the target's whole answer: closing with unread data
+            pass             # would reset the connection, and a reset one is not mirrored
     assert curl(target, "/after") == TARGET_ANSWER
     s.wait_for("shadow: GET /after: target 200", timeout=5)
     s.stop()
