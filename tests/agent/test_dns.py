@@ -8,7 +8,6 @@ import shutil
 import socket
 
 import pytest
-
 from tether.agent import dns
 
 

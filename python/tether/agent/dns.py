@@ -186,7 +186,9 @@ async def _query_tcp(server: str, query: bytes, timeout: float) -> bytes:
         writer.close()
 
 
-async def query(conf: ResolvConf, name: str, qtype: int) -> tuple[int, list[tuple[int, str, bytes]]]:
+async def query(
+    conf: ResolvConf, name: str, qtype: int
+) -> tuple[int, list[tuple[int, str, bytes]]]:
     """Ask the nameservers in order, `attempts` rounds; (rcode, records) of the first answer."""
     loop = asyncio.get_running_loop()
     last = "no nameserver answered"
@@ -206,7 +208,7 @@ async def query(conf: ResolvConf, name: str, qtype: int) -> tuple[int, list[tupl
                 while True:
                     left = deadline - loop.time()
                     if left <= 0:
-                        raise asyncio.TimeoutError
+                        raise TimeoutError
                     data = await asyncio.wait_for(proto.queue.get(), left)
                     if proto.error is not None:
                         raise proto.error
@@ -218,7 +220,7 @@ async def query(conf: ResolvConf, name: str, qtype: int) -> tuple[int, list[tupl
                         data = await _query_tcp(server, q, conf.timeout)
                         rcode, _, records = parse_response(data, qid)
                     return rcode, records
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 last = f"{server}: timed out"
             except OSError as exc:
                 last = f"{server}: {exc.strerror or exc}"

@@ -171,7 +171,7 @@ class Router:
         try:
             first = await asyncio.wait_for(loop.sock_recv(self.client, READ_SIZE),
                                            FIRST_BYTE_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             first = None
         except OSError:
             return

@@ -62,8 +62,11 @@ int main(int argc, char **argv) {
             int c = accept(ls[0], 0, 0);
             if (fork() == 0) {
                 long long left = bytes;
-                while (left > 0) { ssize_t w = write(c, buf, left < (long long)sizeof buf ? left : sizeof buf);
-                                   if (w <= 0) break; left -= w; }
+                while (left > 0) {
+                    ssize_t w = write(c, buf, left < (long long)sizeof buf ? left : sizeof buf);
+                    if (w <= 0) break;
+                    left -= w;
+                }
                 _exit(0);
             }
             close(c);

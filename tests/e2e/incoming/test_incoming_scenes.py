@@ -41,7 +41,7 @@ def test_steal_local_answers_then_target_again_after_the_program_exits(target, s
             assert client.get(f"http://{target.ip}:{PORT}/k{i}", timeout=5).text == LOCAL_ANSWER
     s.wait_for("Handling request URI=/?stolen=1")
     # accept() reported the real remote client, not the relay on loopback.
-    line = next(l for l in s.lines if "URI=/?stolen=1" in l)
+    line = next(x for x in s.lines if "URI=/?stolen=1" in x)
     assert "peer=127." not in line and "peer=198.18." in line, line
     s.stop()
     target_answers_within(target, 2)

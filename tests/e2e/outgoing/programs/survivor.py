@@ -9,8 +9,8 @@ import time
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 remote_host, remote_port, local_port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 r = socket.create_connection((remote_host, remote_port), timeout=10)
-l = socket.create_connection(("127.0.0.1", local_port), timeout=10)
-for s in (r, l):
+loc = socket.create_connection(("127.0.0.1", local_port), timeout=10)
+for s in (r, loc):
     s.sendall(b"ping\n")
     s.recv(100)
 print("ready", flush=True)
@@ -24,5 +24,5 @@ try:
 except OSError as e:
     print("remote: error", e.errno)
 print("remote-after: %.1f s" % (time.monotonic() - start))
-l.sendall(b"local\n")
-print("local:", "data" if l.recv(100) else "eof", flush=True)
+loc.sendall(b"local\n")
+print("local:", "data" if loc.recv(100) else "eof", flush=True)
