@@ -247,7 +247,7 @@ class Link:
             if not size:
                 self._close("peer closed the connection")
                 return False
-            data = bytes(view[:size])
+            data = view[:size]  # decoded in place; the decoder copies only a partial tail
             # A reply resolved in this batch wakes its caller with call_soon; handlers of
             # later frames of the batch then start with call_soon too, so a caller sees its
             # reply before the handlers of the frames that followed it (the order the wire

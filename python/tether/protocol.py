@@ -162,13 +162,21 @@ class FrameDecoder:
         self._buf = bytearray()
         self._max = max_frame
 
-    def feed(self, data: bytes) -> Iterator[Message]:
-        # Frames are parsed in place (a memoryview, no copy per frame); only an incomplete
-        # tail is kept for the next call.
-        if self._buf:
-            self._buf += data
-            data = bytes(self._buf)
-            self._buf.clear()
+    def feed(self, data: bytes | memoryview) -> Iterator[Message]:
+        """Complete frames are parsed where they lie (``data`` may be a view of a reused
+        read buffer: nothing of it is kept but the copy of an incomplete tail)."""
+        buf = self._buf
+        if buf:
+            buf += data
+            if len(buf) < _HEADER.size:
+                return
+            (length,) = _HEADER.unpack_from(buf)
+            if length > self._max:
+                raise ProtocolError(f"frame of {length} bytes exceeds the {self._max} byte limit")
+            if len(buf) < _HEADER.size + length:
+                return  # a large frame still arriving: no copy until it is complete
+            data = bytes(buf)
+            buf.clear()
         view = memoryview(data)
         size = len(data)
         pos = 0
