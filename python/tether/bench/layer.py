@@ -97,7 +97,9 @@ def _link_round_trip_us(n: int = 3000) -> float:
         took = time.perf_counter() - start
         la.close()
         lb.close()
-        await asyncio.gather(*tasks)
+        for task in tasks:  # (before the read-callback Link, serve() did not return on close)
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         return took / n * 1e6
 
     return asyncio.run(main())
