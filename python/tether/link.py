@@ -38,6 +38,7 @@ _REPLY_TYPES_SUFFIX = "_reply"
 _REPLY_TYPES = {"pong", "error", "hello_ok", "auth_ok"}
 _MAX_FDS_PER_READ = 16
 _READ_SIZE = 262144
+_STREAMING = 65536  # a read at least this large: more is probably queued, read again
 _ANC_SIZE = socket.CMSG_SPACE(_MAX_FDS_PER_READ * 4)
 _local = threading.local()
 
@@ -263,10 +264,10 @@ class Link:
                 log.warning("%s: closing after a malformed message: %s", self.name, exc)
                 self._close(f"protocol error: {exc}")
                 return False
-            if size < _READ_SIZE and not anc:
+            if size < _STREAMING and not anc:
                 # Level-triggered: anything that arrived meanwhile makes the socket readable
                 # again; skipping the read that would fail with EAGAIN saves a syscall and an
-                # exception per frame.
+                # exception per request.  Large reads (a relayed stream) read on.
                 return True
         return True
 

@@ -175,8 +175,8 @@ class FrameDecoder:
                 raise ProtocolError(f"frame of {length} bytes exceeds the {self._max} byte limit")
             if len(buf) < _HEADER.size + length:
                 return  # a large frame still arriving: no copy until it is complete
-            data = bytes(buf)
-            buf.clear()
+            data = buf  # parsed in place; the next tail goes to a fresh buffer
+            self._buf = bytearray()
         view = memoryview(data)
         size = len(data)
         pos = 0
