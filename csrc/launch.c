@@ -93,9 +93,10 @@ const char *tl_resolve_in_path(const char *file, char *const envp[], char *buf, 
 
 int tl_launch_argv(const char *path, char *const argv[], char *const envp[], char **out,
                    size_t cap) {
-    const char *active = env_get(envp, "TETHER_SECCOMP_ACTIVE");
     size_t n = 0;
-    if (!tl_cfg.active || !tl_cfg.launcher[0] || (active && active[0] == '1')) return 0;
+    /* Set (to 1, or 0 after a failed attach) once a tree went through tether-launch. */
+    if (!tl_cfg.active || !tl_cfg.launcher[0] || env_get(envp, "TETHER_SECCOMP_ACTIVE"))
+        return 0;
     while (argv && argv[n]) n++;
     if (n + 3 > cap || !tl_needs_seccomp(path)) return 0;
     out[0] = tl_cfg.launcher;

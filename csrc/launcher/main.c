@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -100,9 +101,11 @@ int main(int argc, char **argv) {
     const char *why = attach();
     if (why)
         fprintf(stderr, "tether: %s runs without the target's network: %s\n", argv[1], why);
-    else
-        setenv("TETHER_SECCOMP_ACTIVE", "1", 1);
-    execve(argv[1], argv + 2, environ);
+    /* Present in any case, so the exec hooks never send this tree through here again (a
+     * failed attach would otherwise loop: launch, fail, exec, launch...). */
+    setenv("TETHER_SECCOMP_ACTIVE", why ? "0" : "1", 1);
+    /* The raw system call: the layer's execve hook has nothing left to do here. */
+    syscall(SYS_execve, argv[1], argv + 2, environ);
     perror(argv[1]);
     return 127;
 }

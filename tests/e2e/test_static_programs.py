@@ -204,3 +204,18 @@ def test_debugger_breaks_in_a_program_that_has_the_targets_network(
     assert res.returncode == 0, res.stdout + res.stderr
     assert "Breakpoint 1," in res.stdout, res.stdout
     assert "pong from behind" in res.stdout, res.stdout + res.stderr
+
+
+def test_a_static_program_runs_even_when_the_session_is_gone(static_programs, tmp_path):
+    # A process outliving its session (its orchestrator gone) execs a static binary: the
+    # launcher cannot attach, says so once, and runs it - no exec loop, no hang.
+    import tether
+
+    layer = str(Path(tether.__file__).resolve().parent / "libtether_layer.so")
+    env = {"PATH": os.environ["PATH"], "LD_PRELOAD": layer, "TETHER_LAYER_SO": layer,
+           "TETHER_LAYER_SOCK": str(tmp_path / "gone.sock"), "TETHER_LAYER_CONFIG": "skip=",
+           "TETHER_ENV_APPLIED": "1"}
+    res = subprocess.run(["sh", "-c", f"{static_programs['c']} 127.0.0.1:9; echo done"],
+                         capture_output=True, text=True, timeout=20, env=env)
+    assert res.stdout.strip().endswith("done")
+    assert res.stderr.count("runs without the target's network") == 1, res.stderr
