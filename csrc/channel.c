@@ -18,15 +18,14 @@
 
 #define TL_CHANNEL_MIN_FD 900
 
-static int chan_fd = -1;
+int tl_chan_fd = -1;
+#define chan_fd tl_chan_fd
 
 /* Our own closes bypass the fd guard (which would refuse to close the channel). */
 static void raw_close(int fd) { syscall(SYS_close, fd); }
 static uint32_t next_id = 1;
 static pthread_mutex_t chan_lock = PTHREAD_MUTEX_INITIALIZER;
 
-int tl_channel_fd(void) { return chan_fd; }
-int tl_channel_is(int fd) { return fd >= 0 && fd == chan_fd; }
 
 uint32_t tl_channel_next_id(void) { return __atomic_fetch_add(&next_id, 1, __ATOMIC_RELAXED); }
 

@@ -323,9 +323,32 @@ __attribute__((constructor)) static void fs_constructor(int argc, char **argv, c
 /* Classify (dirfd, path) for a hook.  FS_LOCAL also covers "not ours to decide": paths
  * relative to a real directory descriptor (a remote directory's fd resolves natively in
  * the target), empty paths, and the layer's own calls. */
+/* An absolute path already in normal form (no "//", ".", ".." components, no trailing
+ * "/"): the common case, decided on the program's own string without a copy. */
+static int is_normal(const char *p) {
+    if (p[0] != '/') return 0;
+    if (!p[1]) return 1;
+    for (const char *c = p; *c; c++) {
+        if (*c != '/') continue;
+        if (c[1] == '/' || !c[1]) return 0;
+        if (c[1] == '.' && (c[2] == '/' || !c[2] || (c[2] == '.' && (c[3] == '/' || !c[3]))))
+            return 0;
+    }
+    return 1;
+}
+
 static int classify(int dirfd, const char *path, int write, char *norm, size_t cap) {
     char cwd[PATH_MAX];
     if (!fs_on || tl_in_layer || !path || !*path) return FS_LOCAL;
+    if (is_normal(path)) {
+        int d = decide(&table, path, write);
+        if (d != FS_LOCAL) {
+            size_t l = strlen(path);
+            if (l + 1 > cap) return FS_LOCAL;
+            memcpy(norm, path, l + 1);
+        }
+        return d;
+    }
     if (path[0] != '/') {
         if (dirfd != AT_FDCWD) return FS_LOCAL;
         tl_in_layer++;

@@ -61,8 +61,10 @@ TL_HIDDEN void *tl_real(const char *name);
 TL_HIDDEN int tl_in_getpeername(int fd, struct sockaddr *addr, socklen_t *alen);
 
 /* ---- channel.c: the per-process session with the orchestrator ---- */
-TL_HIDDEN int tl_channel_fd(void);
-TL_HIDDEN int tl_channel_is(int fd);
+/* The channel's descriptor (-1: none); read on every close(), so a plain variable. */
+extern int tl_chan_fd TL_HIDDEN;
+static inline int tl_channel_fd(void) { return tl_chan_fd; }
+static inline int tl_channel_is(int fd) { return fd >= 0 && fd == tl_chan_fd; }
 /* Move the channel off `fd` (a program wants that number). 0 on success. */
 TL_HIDDEN int tl_channel_evict(int fd);
 /* Send one request frame and wait for the reply with the same id.  Returns the reply
