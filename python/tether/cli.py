@@ -24,7 +24,7 @@ import click
 
 from . import __version__, messages_session, protocol  # noqa: F401  (its messages)
 from .config import Config, ConfigError, LoadedConfig, load_config
-from .targets import TargetError, resolve_target
+from .targets import TargetError, effective_config, resolve_target
 
 log = logging.getLogger("tether")
 
@@ -102,6 +102,7 @@ def exec_command(config_file: str | None, target: str | None, target_namespace: 
     try:
         tgt = resolve_target(config.target.path, config.target.namespace, config)
         tgt.check()
+        config = effective_config(tgt, config)
     except TargetError as exc:
         raise click.ClickException(str(exc)) from None
     run_exec(config, tgt, list(command))

@@ -267,7 +267,7 @@ async def _wait_pid(pid: int) -> None:
 
 def end_program(pid: int, reason: str) -> None:
     """The session broke while the program runs: say so, then stop the program."""
-    log.error("tether: %s; stopping the program (its remote context is gone)", reason)
+    log.error("%s; stopping the program (its remote context is gone)", reason)
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:

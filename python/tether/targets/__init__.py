@@ -38,6 +38,13 @@ class Target(Protocol):
     async def stop_agent(self) -> None: ...
 
 
+def effective_config(target: Target, config: Config) -> Config:
+    """The config the session runs with: a target may switch off what it cannot serve
+    (a targetless agent has no environment, files or incoming traffic to give)."""
+    adjust = getattr(target, "effective_config", None)
+    return config if adjust is None else adjust(config)
+
+
 def resolve_target(path: str | None, namespace: str | None = None,
                    config: Config | None = None) -> Target:
     from .process import ProcessTarget

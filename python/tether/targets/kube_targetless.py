@@ -96,7 +96,10 @@ class TargetlessTarget(KubernetesTarget):
         log.info("targetless session in namespace %s: the agent runs as a pod of its own; "
                  "outgoing traffic and DNS go through it (no environment, files or incoming "
                  "traffic: there is no target)", self.namespace)
-        _targetless_features(self.config)
+
+    def effective_config(self, config: Config) -> Config:
+        """The session's config: what needs a target is off (see Target.effective_config)."""
+        return _targetless_features(config)
 
     async def start_agent(self, secret: str, log_level: str) -> AgentConnection:
         self.check()
@@ -148,16 +151,12 @@ class TargetlessTarget(KubernetesTarget):
         return super()._agent_state()
 
 
-def _targetless_features(config: Config) -> None:
-    """Turn off what needs a target: environment, files, incoming traffic.
-
-    The orchestrator reads ``config.feature`` of the very Config object this target was
-    made from, so the change is made on that object (frozen: hence ``object.__setattr__``).
-    """
+def _targetless_features(config: Config) -> Config:
+    """``config`` with what needs a target turned off: environment, files, incoming."""
     feature = config.feature
     network = dataclasses.replace(feature.network,
                                   incoming=IncomingConfig(mode="off"))
     new = dataclasses.replace(feature, env=dataclasses.replace(feature.env, enabled=False),
                               fs=dataclasses.replace(feature.fs, mode="local"),
                               network=network)
-    object.__setattr__(config, "feature", new)
+    return dataclasses.replace(config, feature=new)
