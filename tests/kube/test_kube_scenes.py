@@ -8,16 +8,13 @@ The configs are the seed's own files (tests/configs/{mirror,steal,filter}.json:
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from e2e_support import tether_cmd
+from e2e_support import BackgroundTether
 
 TESTS = Path(__file__).resolve().parent.parent
 CONFIGS = TESTS / "configs"
@@ -27,50 +24,19 @@ TARGET_ANSWER = "This is a silly demo\n"
 LOCAL_ANSWER = "This is a silly demo with tether\n"
 
 
-class KubeSession:
+class KubeSession(BackgroundTether):
     """`tether exec -f <seed config>` running the local silly server, in the background."""
 
     def __init__(self, env: dict[str, str], config: str, tmp: Path,
                  argv: list[str] | None = None) -> None:
         argv = argv or [sys.executable, SILLY, str(PORT), LOCAL_ANSWER.strip()]
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            tether_cmd() + ["exec", "-f", str(CONFIGS / config), "--", *argv],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp, env=env,
-            start_new_session=True)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
+        super().__init__(["exec", "-f", str(CONFIGS / config), "--", *argv], cwd=tmp, env=env)
 
     def wait_for(self, text: str, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(text in line for line in self.lines):
-            if self.proc.poll() is not None:
-                time.sleep(0.2)
-                if any(text in line for line in self.lines):
-                    return
-                raise AssertionError(f"tether exited ({self.proc.returncode}):\n{self.output}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {text!r} after {timeout}s:\n{self.output}")
-            time.sleep(0.02)
+        super().wait_for(text, timeout)
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self._reader.join(2)
+    def stop(self, timeout: float = 10) -> None:
+        super().stop(timeout)
 
 
 @pytest.fixture

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from e2e_support import tether_cmd
+from e2e_support import BackgroundTether
 
 HERE = Path(__file__).resolve().parent
 SILLY = str(HERE / "silly_server.py")
@@ -22,7 +20,7 @@ TARGET_ANSWER = "This is a silly demo\n"
 LOCAL_ANSWER = "This is a silly demo with tether\n"
 
 
-class Session:
+class Session(BackgroundTether):
     """A background `tether exec` running the local silly server (or `argv`)."""
 
     def __init__(self, pod: Any, incoming: dict[str, Any], tmp: Path,
@@ -30,34 +28,8 @@ class Session:
         cfg = tmp / f"tether-{time.monotonic_ns()}.json"
         cfg.write_text(json.dumps({"feature": {"network": {"incoming": incoming}}}))
         argv = argv or [sys.executable, SILLY, str(PORT), LOCAL_ANSWER.strip()]
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            tether_cmd() + ["exec", "-t", f"process/{pod.pid}", "-f", str(cfg), "--", *argv],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp,
-            env={**os.environ, **(env or {})}, start_new_session=True)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_for(self, text: str, timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(text in line for line in self.lines):
-            if self.proc.poll() is not None:
-                time.sleep(0.2)
-                if any(text in line for line in self.lines):
-                    return
-                raise AssertionError(f"tether exited ({self.proc.returncode}):\n{self.output}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {text!r} after {timeout}s:\n{self.output}")
-            time.sleep(0.02)
+        super().__init__(["exec", "-t", f"process/{pod.pid}", "-f", str(cfg), "--", *argv],
+                         cwd=tmp, env={**os.environ, **(env or {})})
 
     def wait_ready(self) -> Session:
         self.wait_for("port 8080 of the target")
@@ -80,23 +52,6 @@ class Session:
             if b"tether" in cmd:
                 return pid
         raise AssertionError("no orchestrator found")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with_suppress(lambda: os.killpg(self.proc.pid, signal.SIGTERM))
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                with_suppress(lambda: os.killpg(self.proc.pid, signal.SIGKILL))
-                self.proc.wait(5)
-        self._reader.join(2)
-
-
-def with_suppress(fn: Any) -> None:
-    try:
-        fn()
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def curl(pod: Any, path: str = "/", *args: str, timeout: float = 5) -> str:
