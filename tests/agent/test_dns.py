@@ -45,8 +45,8 @@ def test_query_wire_format_round_trip():
         dns.parse_response(bytes(resp), 0x9999)
 
 
-@pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq not installed")
 def test_resolves_through_the_pods_nameserver_with_search_domains(pod_factory, tmp_path):
+    assert shutil.which("dnsmasq"), "dnsmasq is missing: make install (scripts/bootstrap.sh)"
     ns = pod_factory("dns", cmd=["dnsmasq", "-k", "--no-resolv", "--no-hosts",
                                  "--port=53", "--listen-address=0.0.0.0", "--bind-interfaces",
                                  "--host-record=db.ns.svc.cluster.local,198.19.7.7",
