@@ -543,7 +543,14 @@ TL_EXPORT int accept4(int fd, struct sockaddr *addr, socklen_t *alen, int flags)
 TL_EXPORT int getsockname(int fd, struct sockaddr *addr, socklen_t *alen) {
     TL_REAL(getsockname);
     int rc = real_getsockname(fd, addr, alen);
-    if (rc || !addr || !alen || !in_active()) return rc;
+    if (rc || !addr || !alen) return rc;
+    {
+        TL_ERRNO_SAVE;
+        int answered = tl_out_getsockname(fd, addr, alen); /* outgoing over the relay */
+        TL_ERRNO_RESTORE;
+        if (answered) return rc;
+    }
+    if (!in_active()) return rc;
     if (!(addr->sa_family == AF_INET || addr->sa_family == AF_INET6)) return rc;
     if (*alen < (addr->sa_family == AF_INET ? sizeof(struct sockaddr_in)
                                             : sizeof(struct sockaddr_in6)))

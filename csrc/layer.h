@@ -60,6 +60,10 @@ TL_HIDDEN void *tl_real(const char *name);
 /* The remote client an accepted relay connection stands for; 1 if fd is one. */
 TL_HIDDEN int tl_in_getpeername(int fd, struct sockaddr *addr, socklen_t *alen);
 
+/* ---- outgoing.c ---- */
+/* A socket outgoing made remote in relay mode: its target-side address; 1 if fd is one. */
+TL_HIDDEN int tl_out_getsockname(int fd, struct sockaddr *addr, socklen_t *alen);
+
 /* ---- channel.c: the per-process session with the orchestrator ---- */
 /* The channel's descriptor (-1: none); read on every close(), so a plain variable. */
 extern int tl_chan_fd TL_HIDDEN;

@@ -333,6 +333,23 @@ TL_EXPORT long tl_decode_out_connect_reply(const unsigned char *buf, unsigned lo
     return 0;
 }
 
+TL_EXPORT long tl_decode_out_connect_local(const unsigned char *buf, unsigned long len,
+                                           unsigned char *addr, int *addr_len, int *port) {
+    mp_r r;
+    uint32_t n, an;
+    const uint8_t *a;
+    int64_t v;
+    mp_r_init(&r, buf, len);
+    if (mp_r_find(&r, "local") || mp_r_is_nil(&r)) return -1;
+    if (mp_r_arr(&r, &n) || n != 2 || mp_r_bin(&r, &a, &an) || (an != 4 && an != 16) ||
+        mp_r_int(&r, &v))
+        return -1;
+    memcpy(addr, a, an);
+    *addr_len = (int)an;
+    *port = (int)v;
+    return 0;
+}
+
 /* ---- the table of sockets made remote ---- */
 #define TL_OUT_MAXFD 4096
 #define MODE_FD 1
@@ -343,6 +360,8 @@ struct out_sock {
     int mode;
     socklen_t peer_len;
     struct sockaddr_in6 peer; /* large enough for sockaddr_in too */
+    socklen_t local_len;      /* relay mode: the target-side address the agent reported */
+    struct sockaddr_in6 local;
 };
 static struct out_sock table[TL_OUT_MAXFD];
 
@@ -361,10 +380,16 @@ static struct out_sock *lookup(int fd) {
     return &table[fd];
 }
 
-static void remember(int fd, int mode, const struct sockaddr *peer, socklen_t plen) {
+static void remember(int fd, int mode, const struct sockaddr *peer, socklen_t plen,
+                     const struct sockaddr_in6 *local, socklen_t llen) {
     if (fd < 0 || fd >= TL_OUT_MAXFD) return;
     table[fd].ino = sock_ino(fd);
     table[fd].peer_len = 0;
+    table[fd].local_len = 0;
+    if (local && llen && llen <= (socklen_t)sizeof table[fd].local) {
+        memcpy(&table[fd].local, local, llen);
+        table[fd].local_len = llen;
+    }
     if (peer && plen <= (socklen_t)sizeof table[fd].peer) {
         memcpy(&table[fd].peer, peer, plen);
         table[fd].peer_len = plen;
@@ -464,11 +489,35 @@ static int wait_connected(int fd) {
     return 0;
 }
 
+/* A sockaddr of the socket's family from a packed address (4 or 16 bytes) and port; a
+ * 4-byte address for an IPv6 socket becomes v4-mapped.  Returns its length. */
+static socklen_t make_sa(int family, const uint8_t *a, int alen, int port,
+                         struct sockaddr_in6 *out) {
+    memset(out, 0, sizeof *out);
+    if (family == AF_INET && alen == 4) {
+        struct sockaddr_in *s = (struct sockaddr_in *)out;
+        s->sin_family = AF_INET;
+        memcpy(&s->sin_addr, a, 4);
+        s->sin_port = htons((uint16_t)port);
+        return sizeof *s;
+    }
+    out->sin6_family = AF_INET6;
+    out->sin6_port = htons((uint16_t)port);
+    if (alen == 4) {
+        ((uint8_t *)&out->sin6_addr)[10] = 0xff;
+        ((uint8_t *)&out->sin6_addr)[11] = 0xff;
+        memcpy((uint8_t *)&out->sin6_addr + 12, a, 4);
+    } else {
+        memcpy(&out->sin6_addr, a, 16);
+    }
+    return sizeof *out;
+}
+
 /* Ask for a socket in the target.  Returns 0 with *result (0/EINPROGRESS/errno), or -1
  * (errno set) when there is no answer.  fd mode: *newfd; relay mode: *relay filled. */
 static int ask_connect(int proto, int family, const struct sockaddr *sa, int do_connect,
                        int *mode, int *result, int *newfd, struct sockaddr_in6 *relay,
-                       socklen_t *relay_len) {
+                       socklen_t *relay_len, struct sockaddr_in6 *local, socklen_t *local_len) {
     uint8_t req[256], reply[1024];
     const uint8_t *addr;
     size_t alen;
@@ -513,27 +562,11 @@ static int ask_connect(int proto, int family, const struct sockaddr *sa, int do_
         errno = EPROTO;
         return -1;
     }
-    if (*mode == 2 && rlen) {
-        memset(relay, 0, sizeof *relay);
-        if (family == AF_INET && rlen == 4) {
-            struct sockaddr_in *s = (struct sockaddr_in *)relay;
-            s->sin_family = AF_INET;
-            memcpy(&s->sin_addr, ra, 4);
-            s->sin_port = htons((uint16_t)rport);
-            *relay_len = sizeof *s;
-        } else {
-            relay->sin6_family = AF_INET6;
-            relay->sin6_port = htons((uint16_t)rport);
-            if (rlen == 4) { /* v4 listener for a v6 socket: v4-mapped */
-                ((uint8_t *)&relay->sin6_addr)[10] = 0xff;
-                ((uint8_t *)&relay->sin6_addr)[11] = 0xff;
-                memcpy((uint8_t *)&relay->sin6_addr + 12, ra, 4);
-            } else {
-                memcpy(&relay->sin6_addr, ra, 16);
-            }
-            *relay_len = sizeof *relay;
-        }
-    }
+    if (*mode == 2 && rlen) *relay_len = make_sa(family, ra, rlen, rport, relay);
+    *local_len = 0;
+    if (*mode == 2 &&
+        tl_decode_out_connect_local(reply, (unsigned long)got, ra, &rlen, &rport) == 0)
+        *local_len = make_sa(family, ra, rlen, rport, local);
     return 0;
 }
 
@@ -541,11 +574,12 @@ static int remote_connect(int fd, int proto, int domain, const struct sockaddr *
                           socklen_t len) {
     TL_REAL(connect);
     int mode = 0, result = 0, newfd = -1, rc;
-    struct sockaddr_in6 relay;
-    socklen_t relay_len = 0;
+    struct sockaddr_in6 relay, local;
+    socklen_t relay_len = 0, local_len = 0;
     tl_in_layer++;
     int nonblock = (fcntl(fd, F_GETFL) & O_NONBLOCK) != 0;
-    if (ask_connect(proto, domain, addr, 1, &mode, &result, &newfd, &relay, &relay_len)) {
+    if (ask_connect(proto, domain, addr, 1, &mode, &result, &newfd, &relay, &relay_len, &local,
+                    &local_len)) {
         tl_in_layer--;
         return -1;
     }
@@ -554,7 +588,7 @@ static int remote_connect(int fd, int proto, int domain, const struct sockaddr *
             tl_in_layer--;
             return -1;
         }
-        remember(fd, MODE_FD, addr, len);
+        remember(fd, MODE_FD, addr, len, NULL, 0);
         if (result == 0) {
             rc = 0;
         } else if (nonblock) {
@@ -569,7 +603,8 @@ static int remote_connect(int fd, int proto, int domain, const struct sockaddr *
     if (mode == 2 && result == 0 && relay_len) {
         rc = real_connect(fd, (struct sockaddr *)&relay, relay_len);
         int saved = errno;
-        if (rc == 0 || errno == EINPROGRESS) remember(fd, MODE_RELAY, addr, len);
+        if (rc == 0 || errno == EINPROGRESS)
+            remember(fd, MODE_RELAY, addr, len, &local, local_len);
         errno = saved;
         tl_in_layer--;
         return rc;
@@ -613,12 +648,13 @@ static void udp_maybe_move(int fd, const struct sockaddr *dest, socklen_t dlen) 
         goto out;
     if (getsockname(fd, (struct sockaddr *)&me, &ml) || me.sin6_port != 0) goto out;
     int mode = 0, result = 0, newfd = -1;
-    struct sockaddr_in6 relay;
-    socklen_t relay_len = 0;
-    if (ask_connect(TL_PROTO_UDP, domain, dest, 0, &mode, &result, &newfd, &relay, &relay_len))
+    struct sockaddr_in6 relay, local;
+    socklen_t relay_len = 0, local_len = 0;
+    if (ask_connect(TL_PROTO_UDP, domain, dest, 0, &mode, &result, &newfd, &relay, &relay_len,
+                    &local, &local_len))
         goto out;
     if (mode == 1 && newfd >= 0 && result == 0) {
-        if (install(newfd, fd, TL_PROTO_UDP) == 0) remember(fd, MODE_FD, NULL, 0);
+        if (install(newfd, fd, TL_PROTO_UDP) == 0) remember(fd, MODE_FD, NULL, 0, NULL, 0);
     } else if (newfd >= 0) {
         syscall(SYS_close, newfd);
     }
@@ -667,4 +703,21 @@ TL_EXPORT int getpeername(int fd, struct sockaddr *addr, socklen_t *alen) {
     tl_in_layer--;
     TL_ERRNO_RESTORE;
     return rc;
+}
+
+/* Relay mode only: the socket's own address is the one the agent's socket has in the
+ * target, not the loopback end of the relay.  Called by the getsockname hook
+ * (incoming.c); 1 when it answered. */
+int tl_out_getsockname(int fd, struct sockaddr *addr, socklen_t *alen) {
+    if (!hooks_on() || !addr || !alen) return 0;
+    tl_in_layer++;
+    struct out_sock *s = lookup(fd);
+    int answered = 0;
+    if (s && s->mode == MODE_RELAY && s->local_len) {
+        memcpy(addr, &s->local, *alen < s->local_len ? *alen : s->local_len);
+        *alen = s->local_len;
+        answered = 1;
+    }
+    tl_in_layer--;
+    return answered;
 }

@@ -21,6 +21,10 @@ long tl_encode_dns_lookup(unsigned char *buf, unsigned long cap, unsigned long i
 long tl_decode_out_connect_reply(const unsigned char *buf, unsigned long len, int *mode,
                                  int *result, unsigned char *relay_addr, int *relay_len,
                                  int *relay_port);
+/* out_connect_reply's ``local`` (the target-side address of the agent's socket): addr (16
+ * bytes) / addr_len (4 or 16) / port; -1 when absent or malformed. */
+long tl_decode_out_connect_local(const unsigned char *buf, unsigned long len,
+                                 unsigned char *addr, int *addr_len, int *port);
 long tl_decode_dns_lookup_reply(const unsigned char *buf, unsigned long len, int *families,
                                 unsigned char *addrs, long max, char *canon,
                                 unsigned long canon_cap, int *eai);

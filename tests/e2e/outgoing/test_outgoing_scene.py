@@ -32,6 +32,7 @@ def test_program_reaches_a_server_only_the_pod_can_reach_by_a_name_only_the_pod_
     lines = res.stdout.splitlines()
     assert f"resolved: {behind.ip}" in lines
     assert f"peer: {behind.ip}" in lines
+    assert f"local: {behind.gateway}" in lines
     assert any(line.startswith("reply:") and "pong ping from" in line for line in lines), lines
 
 
@@ -59,6 +60,8 @@ def test_relay_path_works_the_same(tether, out_programs, scene, lang):
                  env=env)
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"peer: {behind.ip}" in res.stdout.splitlines()
+    # The program's own address is its socket's in the pod, not the relay's loopback end.
+    assert f"local: {behind.gateway}" in res.stdout.splitlines(), res.stdout
     assert "pong ping from" in res.stdout
     res = tether(front, out_programs[lang] + ["db.internal", str(CLOSED_PORT)] + LANGS[lang],
                  env=env)

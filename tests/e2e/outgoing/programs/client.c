@@ -48,6 +48,11 @@ int main(int argc, char **argv) {
     inet_ntop(peer.ss_family, peer.ss_family == AF_INET ? (void *)&((struct sockaddr_in *)&peer)->sin_addr
               : (void *)&((struct sockaddr_in6 *)&peer)->sin6_addr, ph, sizeof ph);
     printf("peer: %s\n", ph);
+    struct sockaddr_storage me; socklen_t ml = sizeof me;
+    getsockname(fd, (struct sockaddr *)&me, &ml);
+    inet_ntop(me.ss_family, me.ss_family == AF_INET ? (void *)&((struct sockaddr_in *)&me)->sin_addr
+              : (void *)&((struct sockaddr_in6 *)&me)->sin6_addr, ph, sizeof ph);
+    printf("local: %s\n", ph);
     write(fd, "ping\n", 5);
     char buf[256]; int n, got = 0;
     while ((n = read(fd, buf + got, sizeof buf - 1 - got)) > 0) {

@@ -8,6 +8,7 @@ dns.lookup(host, { family: 4 }, (err, addr) => {
   console.log("resolved:", addr);
   const s = net.connect({ host, port: Number(port) }, () => {
     console.log("peer:", s.remoteAddress);
+    console.log("local:", s.localAddress);
     s.write("ping\n");
   });
   let buf = "";

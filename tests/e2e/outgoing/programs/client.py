@@ -15,6 +15,7 @@ if mode == "async":
     async def main():
         r, w = await asyncio.open_connection(host, port)
         print("peer:", w.get_extra_info("peername")[0])
+        print("local:", w.get_extra_info("sockname")[0])
         w.write(b"ping\n")
         print("reply:", (await r.readline()).decode().strip())
         w.close()
@@ -30,5 +31,6 @@ else:
         print("connect:", e.errno and __import__("errno").errorcode[e.errno])
         sys.exit(3)
     print("peer:", s.getpeername()[0])
+    print("local:", s.getsockname()[0])
     s.sendall(b"ping\n")
     print("reply:", s.makefile().readline().strip())
