@@ -362,7 +362,11 @@ struct out_sock {
     struct sockaddr_in6 peer; /* large enough for sockaddr_in too */
     socklen_t local_len;      /* relay mode: the target-side address the agent reported */
     struct sockaddr_in6 local;
+    int dgram;                /* relay mode, UDP: datagrams go to the relay's port */
+    int implicit;             /* ... moved by sendto, not connect: getpeername is ENOTCONN */
 };
+/* Relayed UDP sockets ever made: recvfrom/recvmsg look at the table only when non-zero. */
+static int relay_dgrams;
 static struct out_sock table[TL_OUT_MAXFD];
 
 static uint64_t sock_ino(int fd) {
@@ -386,6 +390,7 @@ static void remember(int fd, int mode, const struct sockaddr *peer, socklen_t pl
     table[fd].ino = sock_ino(fd);
     table[fd].peer_len = 0;
     table[fd].local_len = 0;
+    table[fd].dgram = table[fd].implicit = 0;
     if (local && llen && llen <= (socklen_t)sizeof table[fd].local) {
         memcpy(&table[fd].local, local, llen);
         table[fd].local_len = llen;
@@ -487,6 +492,15 @@ static int wait_connected(int fd) {
         return -1;
     }
     return 0;
+}
+
+/* A relayed UDP socket (the program's socket is connected to the orchestrator's loopback
+ * UDP port): sendto() must not name the real destination, recvfrom() reports it. */
+static void mark_dgram(int fd, int implicit) {
+    if (fd < 0 || fd >= TL_OUT_MAXFD) return;
+    table[fd].dgram = 1;
+    table[fd].implicit = implicit;
+    __atomic_store_n(&relay_dgrams, 1, __ATOMIC_RELEASE);
 }
 
 /* A sockaddr of the socket's family from a packed address (4 or 16 bytes) and port; a
@@ -603,8 +617,10 @@ static int remote_connect(int fd, int proto, int domain, const struct sockaddr *
     if (mode == 2 && result == 0 && relay_len) {
         rc = real_connect(fd, (struct sockaddr *)&relay, relay_len);
         int saved = errno;
-        if (rc == 0 || errno == EINPROGRESS)
+        if (rc == 0 || errno == EINPROGRESS) {
             remember(fd, MODE_RELAY, addr, len, &local, local_len);
+            if (proto == TL_PROTO_UDP) mark_dgram(fd, 0);
+        }
         errno = saved;
         tl_in_layer--;
         return rc;
@@ -634,18 +650,36 @@ TL_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len) {
     return remote_connect(fd, proto, domain, addr, len);
 }
 
+static int same_addr(const struct sockaddr *a, socklen_t al, const struct sockaddr *b,
+                     socklen_t bl) {
+    int fa, fb, pa, pb;
+    uint8_t xa[16], xb[16];
+    if (sa_parts(a, al, &fa, xa, &pa) || sa_parts(b, bl, &fb, xb, &pb)) return 0;
+    return fa == fb && pa == pb && !memcmp(xa, xb, 16);
+}
+
 /* Unconnected UDP: the first datagram to a remote address moves the socket into the
- * target (only while it is unbound: a socket bound to a port here serves this machine). */
-static void udp_maybe_move(int fd, const struct sockaddr *dest, socklen_t dlen) {
-    int domain = 0;
+ * target (only while it is unbound: a socket bound to a port here serves this machine).
+ * In relay mode the program's socket is connected to the orchestrator's loopback UDP port
+ * instead.  Returns 0: send as asked; 1: a relayed socket, send without the address;
+ * -1: a relayed socket asked to send elsewhere (errno EOPNOTSUPP: one destination per
+ * relayed socket). */
+static int udp_maybe_move(int fd, const struct sockaddr *dest, socklen_t dlen) {
+    int domain = 0, ret = 0;
     struct sockaddr_in6 me;
     socklen_t ml = sizeof me;
-    if (!dest || (dest->sa_family != AF_INET && dest->sa_family != AF_INET6)) return;
+    struct out_sock *known;
+    if (!dest || (dest->sa_family != AF_INET && dest->sa_family != AF_INET6)) return 0;
     TL_ERRNO_SAVE;
     tl_in_layer++;
-    if (sock_proto(fd, &domain) != TL_PROTO_UDP || lookup(fd) ||
-        !tl_out_remote(tl_out_cfg(), TL_PROTO_UDP, dest, dlen))
+    if (sock_proto(fd, &domain) != TL_PROTO_UDP) goto out;
+    if ((known = lookup(fd))) {
+        if (known->mode == MODE_RELAY && known->dgram)
+            ret = same_addr(dest, dlen, (struct sockaddr *)&known->peer, known->peer_len) ? 1
+                                                                                       : -1;
         goto out;
+    }
+    if (!tl_out_remote(tl_out_cfg(), TL_PROTO_UDP, dest, dlen)) goto out;
     if (getsockname(fd, (struct sockaddr *)&me, &ml) || me.sin6_port != 0) goto out;
     int mode = 0, result = 0, newfd = -1;
     struct sockaddr_in6 relay, local;
@@ -655,33 +689,74 @@ static void udp_maybe_move(int fd, const struct sockaddr *dest, socklen_t dlen) 
         goto out;
     if (mode == 1 && newfd >= 0 && result == 0) {
         if (install(newfd, fd, TL_PROTO_UDP) == 0) remember(fd, MODE_FD, NULL, 0, NULL, 0);
+    } else if (mode == 2 && result == 0 && relay_len) {
+        TL_REAL(connect);
+        if (real_connect(fd, (struct sockaddr *)&relay, relay_len) == 0) {
+            remember(fd, MODE_RELAY, dest, dlen, &local, local_len);
+            mark_dgram(fd, 1);
+            ret = 1;
+        }
     } else if (newfd >= 0) {
         syscall(SYS_close, newfd);
     }
 out:
     tl_in_layer--;
     TL_ERRNO_RESTORE;
+    if (ret < 0) errno = EOPNOTSUPP;
+    return ret;
 }
 
 TL_EXPORT ssize_t sendto(int fd, const void *buf, size_t n, int flags,
                          const struct sockaddr *dest, socklen_t dlen) {
     TL_REAL(sendto);
-    if (hooks_on() && dest) udp_maybe_move(fd, dest, dlen);
+    if (hooks_on() && dest) {
+        int r = udp_maybe_move(fd, dest, dlen);
+        if (r < 0) return -1;
+        if (r > 0) return real_sendto(fd, buf, n, flags, NULL, 0);
+    }
     return real_sendto(fd, buf, n, flags, dest, dlen);
 }
 
 TL_EXPORT ssize_t sendmsg(int fd, const struct msghdr *msg, int flags) {
     TL_REAL(sendmsg);
-    if (hooks_on() && msg && msg->msg_name)
-        udp_maybe_move(fd, (const struct sockaddr *)msg->msg_name, msg->msg_namelen);
+    if (hooks_on() && msg && msg->msg_name) {
+        int r = udp_maybe_move(fd, (const struct sockaddr *)msg->msg_name, msg->msg_namelen);
+        if (r < 0) return -1;
+        if (r > 0) {
+            struct msghdr copy = *msg;
+            copy.msg_name = NULL;
+            copy.msg_namelen = 0;
+            return real_sendmsg(fd, &copy, flags);
+        }
+    }
     return real_sendmsg(fd, msg, flags);
 }
 
 TL_EXPORT int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags) {
     TL_REAL(sendmmsg);
-    if (hooks_on() && vec && vlen && vec[0].msg_hdr.msg_name)
-        udp_maybe_move(fd, (const struct sockaddr *)vec[0].msg_hdr.msg_name,
-                       vec[0].msg_hdr.msg_namelen);
+    if (hooks_on() && vec && vlen && vec[0].msg_hdr.msg_name) {
+        int r = udp_maybe_move(fd, (const struct sockaddr *)vec[0].msg_hdr.msg_name,
+                               vec[0].msg_hdr.msg_namelen);
+        if (r < 0) return -1;
+        if (r > 0) {
+            /* A relayed socket: send the datagrams one by one without their address (each
+             * must name the same destination; the first that does not ends the batch). */
+            unsigned int i;
+            for (i = 0; i < vlen; i++) {
+                struct msghdr copy = vec[i].msg_hdr;
+                if (i && udp_maybe_move(fd, (const struct sockaddr *)copy.msg_name,
+                                        copy.msg_namelen) <= 0)
+                    break;
+                copy.msg_name = NULL;
+                copy.msg_namelen = 0;
+                TL_REAL(sendmsg);
+                ssize_t s = real_sendmsg(fd, &copy, flags);
+                if (s < 0) break;
+                vec[i].msg_len = (unsigned int)s;
+            }
+            return i ? (int)i : -1;
+        }
+    }
     return real_sendmmsg(fd, vec, vlen, flags);
 }
 
@@ -693,6 +768,11 @@ TL_EXPORT int getpeername(int fd, struct sockaddr *addr, socklen_t *alen) {
     TL_ERRNO_SAVE;
     tl_in_layer++;
     struct out_sock *s = lookup(fd);
+    if (s && s->mode == MODE_RELAY && s->implicit) {
+        tl_in_layer--;
+        errno = ENOTCONN; /* moved by sendto: the program never connected it */
+        return -1;
+    }
     if (s && s->mode == MODE_RELAY && s->peer_len) {
         socklen_t n = *alen < s->peer_len ? *alen : s->peer_len;
         memcpy(addr, &s->peer, n);
@@ -720,4 +800,34 @@ int tl_out_getsockname(int fd, struct sockaddr *addr, socklen_t *alen) {
     }
     tl_in_layer--;
     return answered;
+}
+
+/* A relayed UDP socket receives from the relay's loopback port: report the real peer. */
+static void fix_source(int fd, struct sockaddr *addr, socklen_t *alen) {
+    if (!addr || !alen || !__atomic_load_n(&relay_dgrams, __ATOMIC_ACQUIRE) || !hooks_on())
+        return;
+    TL_ERRNO_SAVE;
+    tl_in_layer++;
+    struct out_sock *s = lookup(fd);
+    if (s && s->mode == MODE_RELAY && s->dgram && s->peer_len) {
+        memcpy(addr, &s->peer, *alen < s->peer_len ? *alen : s->peer_len);
+        *alen = s->peer_len;
+    }
+    tl_in_layer--;
+    TL_ERRNO_RESTORE;
+}
+
+TL_EXPORT ssize_t recvfrom(int fd, void *buf, size_t n, int flags, struct sockaddr *src,
+                           socklen_t *slen) {
+    TL_REAL(recvfrom);
+    ssize_t r = real_recvfrom(fd, buf, n, flags, src, slen);
+    if (r >= 0) fix_source(fd, src, slen);
+    return r;
+}
+
+TL_EXPORT ssize_t recvmsg(int fd, struct msghdr *msg, int flags) {
+    TL_REAL(recvmsg);
+    ssize_t r = real_recvmsg(fd, msg, flags);
+    if (r >= 0 && msg && msg->msg_name) fix_source(fd, msg->msg_name, &msg->msg_namelen);
+    return r;
 }

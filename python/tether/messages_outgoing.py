@@ -12,6 +12,8 @@ Orchestrator -> agent: ``agent_dns`` / ``agent_connect`` with the same fields, p
   ``relay`` (bool) on agent_connect: the agent keeps the socket and streams its bytes.
 Relay stream (both directions, no reply): ``relay_data`` / ``relay_ack`` / ``relay_close``
   keyed by the ``conn`` of agent_connect_reply, see :mod:`tether.relay`.
+  UDP (proto "udp", relay): one ``relay_data`` per datagram, the agent's socket connected to
+  the destination, the layer's to the orchestrator's loopback UDP port (``relay``).
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ Messages (both directions, no reply), keyed by ``conn``, a number the agent assi
   ``relay_close`` {conn, errno}  EOF (errno 0: half-close, SHUT_WR on the other end) or a
                                  failure (errno != 0: the other end is reset, SO_LINGER 0)
 
+UDP (outgoing only) uses the same messages with :class:`DatagramRelay`: one ``relay_data``
+per datagram (boundaries kept), ``relay_ack`` counts datagrams, and datagrams beyond
+DGRAM_WINDOW in flight are dropped rather than buffered.
+
 Flow control: at most WINDOW bytes unacknowledged per stream and direction, so a slow
 reader on either side stops the reading on the other instead of growing buffers. A stream
 ends when both directions are done, or at the first failure. When the link closes, every
@@ -189,14 +193,113 @@ class RelayStream:
         self._on_done(self.conn)
 
 
+# Datagrams (UDP over the relay): one ``relay_data`` per datagram, boundaries kept.
+DGRAM_WINDOW = 64  # datagrams in flight per relay and direction; beyond it they are dropped
+DGRAM_MAX = 65535
+
+
+class DatagramRelay:
+    """One end of a relayed UDP flow: a connected UDP socket <-> ``relay_data`` frames.
+
+    Each datagram read becomes one ``relay_data``; each ``relay_data`` received is sent as
+    one datagram and acknowledged with ``relay_ack n=1`` (acks count datagrams here). At
+    most DGRAM_WINDOW datagrams are unacknowledged: more are dropped, as UDP may, so a
+    flood buffers nothing. A datagram that cannot be sent at once (EAGAIN, ICMP errors) is
+    dropped too. ``learn_peer``: the socket is an unconnected loopback socket that the
+    program's socket sends to; it connects to the first sender it hears from (loopback
+    only) and ignores everyone else. ``relay_close`` or the link closing ends the flow.
+    """
+
+    def __init__(self, conn: int, sock: socket.socket, send: Callable[[dict[str, Any]], None],
+                 on_done: Callable[[int], None], started: bool = True,
+                 learn_peer: bool = False) -> None:
+        self.conn = conn
+        self.sock = sock
+        sock.setblocking(False)
+        self._send = send
+        self._on_done = on_done
+        self._loop = asyncio.get_running_loop()
+        self._unacked = 0
+        self._peer: Any = None if learn_peer else True
+        self._reading = False
+        self._closed = False
+        self.dropped = 0
+        if started:
+            self._start()
+
+    def _start(self) -> None:
+        if not self._reading and not self._closed:
+            self._reading = True
+            self._loop.add_reader(self.sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        for _ in range(DGRAM_WINDOW):
+            try:
+                data, addr = self.sock.recvfrom(DGRAM_MAX)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # an ICMP error on a connected socket: UDP just goes on
+                continue
+            if self._peer is None:
+                if addr[0] not in ("127.0.0.1", "::1", "::ffff:127.0.0.1"):
+                    continue
+                try:
+                    self.sock.connect(addr)
+                except OSError:
+                    continue
+                self._peer = addr
+            if self._unacked >= DGRAM_WINDOW:
+                self.dropped += 1
+                continue
+            self._unacked += 1
+            try:
+                self._send({"t": "relay_data", "conn": self.conn, "data": data})
+            except Exception:  # the link went away: the table resets everything
+                return
+
+    # -- from the link --
+    def on_data(self, data: bytes) -> None:
+        if self._peer is not None and not self._closed:
+            try:
+                self.sock.send(data)
+            except OSError:
+                self.dropped += 1
+        with contextlib.suppress(Exception):
+            self._send({"t": "relay_ack", "conn": self.conn, "n": 1})
+
+    def on_ack(self, n: int) -> None:
+        self._unacked = max(0, self._unacked - n)
+        self._start()
+
+    def on_close(self, err: int) -> None:
+        self.close(notify=False)
+
+    def abort(self) -> None:
+        self.close()
+
+    def close(self, err: int = 0, notify: bool = True) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._reading:
+            self._loop.remove_reader(self.sock.fileno())
+        if notify:
+            with contextlib.suppress(Exception):
+                self._send({"t": "relay_close", "conn": self.conn, "errno": err})
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        self._on_done(self.conn)
+
+
 class RelayTable:
     """The relayed streams of one link, by stream number."""
 
     def __init__(self) -> None:
-        self.streams: dict[int, RelayStream] = {}
+        self.streams: dict[int, RelayStream | DatagramRelay] = {}
         self._done_hooks: dict[int, Callable[[], None]] = {}
 
-    def add(self, stream: RelayStream, on_done: Callable[[], None] | None = None) -> None:
+    def add(self, stream: RelayStream | DatagramRelay,
+            on_done: Callable[[], None] | None = None) -> None:
         self.streams[stream.conn] = stream
         if on_done is not None:
             self._done_hooks[stream.conn] = on_done

@@ -120,3 +120,16 @@ def test_decision_table(layer_lib, config, proto, ip, port, remote):
 def test_dns_decision(layer_lib, config, name, remote):
     _, lib = layer_lib
     assert lib.tl_dns_decide(config.encode(), name.encode()) == remote
+
+
+def test_connect_reply_local_is_the_target_side_address(layer_lib):
+    ffi, lib = layer_lib
+    addr, alen, port = ffi.new("unsigned char[16]"), ffi.new("int *"), ffi.new("int *")
+    body = protocol.pack({"t": "out_connect_reply", "id": 1, "mode": "relay", "result": 0,
+                          "local": [socket.inet_aton("10.1.2.3"), 51000],
+                          "relay": [socket.inet_aton("127.0.0.1"), 40000]})
+    assert lib.tl_decode_out_connect_local(body, len(body), addr, alen, port) == 0
+    assert (bytes(addr[0:4]), alen[0], port[0]) == (socket.inet_aton("10.1.2.3"), 4, 51000)
+    body = protocol.pack({"t": "out_connect_reply", "id": 1, "mode": "fd", "result": 0,
+                          "local": []})
+    assert lib.tl_decode_out_connect_local(body, len(body), addr, alen, port) == -1

@@ -21,7 +21,7 @@ from .. import (
 )
 from ..link import Link, RemoteError
 from ..protocol import Message
-from ..relay import RelayStream
+from ..relay import DatagramRelay, RelayStream
 
 log = logging.getLogger("tether.agent.outgoing")
 
@@ -85,7 +85,10 @@ async def _agent_connect(link: Link, msg: Message) -> Message:
     table = relay.table(link)
     conn = relay.next_conn()
     local = _local(sock)
-    table.add(RelayStream(conn, sock, link.send, table.done, started=False))
+    if sock.type == socket.SOCK_DGRAM:  # connected to the destination: one datagram a message
+        table.add(DatagramRelay(conn, sock, link.send, table.done, started=False))
+    else:
+        table.add(RelayStream(conn, sock, link.send, table.done, started=False))
     return {"t": "agent_connect_reply", "result": 0, "local": local, "conn": conn}
 
 

@@ -9,7 +9,8 @@ TETHER_LAYER_CONFIG (``layer_config``).  Remote calls come here:
   installs it over the program's descriptor: no byte of the connection crosses Python.
   Otherwise (TCP links to Kubernetes agents, or TETHER_OUTGOING_RELAY=1 to test and
   measure it) the agent connects and relays the bytes over the link, and this side gives
-  the layer a one-shot loopback listener to connect the program's socket to.
+  the layer a one-shot loopback listener to connect the program's socket to (UDP: a
+  loopback UDP port, each datagram relayed as one message).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .. import (
 from ..config import AddressFilter, TrafficFilter
 from ..link import Link, RemoteError
 from ..protocol import Message
-from ..relay import RelayStream, RelayTable
+from ..relay import DatagramRelay, RelayStream, RelayTable
 
 log = logging.getLogger("tether.outgoing")
 
@@ -145,10 +146,9 @@ class Feature:
             if fds:
                 out["_fds"] = fds
             return out
-        if msg["proto"] != "tcp":
-            raise RemoteError("unsupported", "UDP needs descriptor passing (relay is TCP only)",
-                              errno=95)  # EOPNOTSUPP
         req["relay"] = True
+        if msg["proto"] != "tcp":
+            return await self._out_udp_relay(req, int(msg["family"]))
         listener, relay_addr = self._listener(int(msg["family"]))
         try:
             reply = await self.agent.call(req)
@@ -164,24 +164,51 @@ class Feature:
         return {"t": "out_connect_reply", "mode": "relay", "result": 0,
                 "local": reply.get("local", []), "relay": relay_addr}
 
+    async def _out_udp_relay(self, req: Message, family: int) -> Message:
+        """UDP over the relay: the agent's socket is connected to the destination (also for
+        the sendto case: one destination per relayed socket); the layer connects the
+        program's socket to a loopback UDP port of ours, and each datagram crosses the link
+        as one ``relay_data`` (see relay.DatagramRelay)."""
+        req["connect"] = True
+        sock, relay_addr = self._listener(family, socket.SOCK_DGRAM)
+        try:
+            reply = await self.agent.call(req)
+        except BaseException:
+            sock.close()
+            raise
+        if reply["result"] != 0:
+            sock.close()
+            return {"t": "out_connect_reply", "mode": "relay", "result": reply["result"]}
+        conn = int(reply["conn"])
+        log.debug("udp relay %d: port %d", conn, relay_addr[1])
+        relays = relay.table(self.agent)
+        relays.add(DatagramRelay(conn, sock, self._send_agent, relays.done, learn_peer=True))
+        self._send_agent({"t": "relay_ack", "conn": conn, "n": 0})  # the agent may start reading
+        return {"t": "out_connect_reply", "mode": "relay", "result": 0,
+                "local": reply.get("local", []), "relay": relay_addr}
+
     # ---- relay ----
-    def _listener(self, family: int) -> tuple[socket.socket, list[Any]]:
-        """A one-shot listener on loopback for the program's socket to connect to."""
+    def _listener(self, family: int,
+                  kind: int = socket.SOCK_STREAM) -> tuple[socket.socket, list[Any]]:
+        """A one-shot listener on loopback for the program's socket to connect to (or, for
+        SOCK_DGRAM, a loopback UDP port for it to send to)."""
         if family == socket.AF_INET6 and self._v6_loopback is not False:
             try:
-                s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+                s = socket.socket(socket.AF_INET6, kind)
                 s.bind(("::1", 0))
                 self._v6_loopback = True
             except OSError:
                 self._v6_loopback = False
                 s.close()
             else:
-                s.listen(1)
+                if kind == socket.SOCK_STREAM:
+                    s.listen(1)
                 s.setblocking(False)
                 return s, [socket.inet_pton(socket.AF_INET6, "::1"), s.getsockname()[1]]
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s = socket.socket(socket.AF_INET, kind)
         s.bind(("127.0.0.1", 0))
-        s.listen(1)
+        if kind == socket.SOCK_STREAM:
+            s.listen(1)
         s.setblocking(False)
         return s, [socket.inet_pton(socket.AF_INET, "127.0.0.1"), s.getsockname()[1]]
 

@@ -38,12 +38,17 @@ def out_programs(tmp_path_factory):
     out = tmp_path_factory.mktemp("outprogs")
     exe = out / "client"
     subprocess.run(["gcc", "-O1", "-Wall", "-o", str(exe), str(PROGS / "client.c")], check=True)
+    udp = out / "udp_client"
+    subprocess.run(["gcc", "-O1", "-Wall", "-o", str(udp), str(PROGS / "udp_client.c")],
+                   check=True)
     return {
         "c": [str(exe)],
         "c-nb": [str(exe)],
         "py": [sys.executable, str(PROGS / "client.py")],
         "py-async": [sys.executable, str(PROGS / "client.py")],
         "node": ["node", str(PROGS / "client.js")],
+        "udp-c": [str(udp)],
+        "udp-py": [sys.executable, str(PROGS / "udp_client.py")],
     }
 
 

@@ -68,15 +68,35 @@ def test_relay_path_works_the_same(tether, out_programs, scene, lang):
     assert "ECONNREFUSED" in res.stdout, res.stdout + res.stderr
 
 
-def test_udp_sendto_and_connected_udp_go_through_the_pod(tether, scene):
+@pytest.mark.parametrize("relay", ["0", "1"], ids=["fd", "relay"])
+def test_udp_sendto_and_connected_udp_go_through_the_pod(tether, out_programs, scene, relay):
     front, behind = scene
-    res = tether(front, ["python3", os.path.join(PROGS, "udp_client.py"), "db.internal",
-                         str(ECHO_PORT)])
-    assert res.returncode == 0, res.stderr
-    # The server answers to the address it saw: the pod's, not this machine's.
+    res = tether(front, out_programs["udp-py"] + ["db.internal", str(ECHO_PORT)],
+                 env={"TETHER_OUTGOING_RELAY": relay})
+    assert res.returncode == 0, res.stdout + res.stderr
+    # The server answers to the address it saw: the pod's, not this machine's; the program
+    # sees the pod's addresses on both ends, also through the relay.
     assert res.stdout.splitlines() == [
         f"unconnected: pong one to {behind.gateway} from {behind.ip}",
         f"connected: pong two to {behind.gateway} peer {behind.ip}",
+        f"local: {behind.gateway}",
+    ]
+
+
+@pytest.mark.parametrize("relay", ["0", "1"], ids=["fd", "relay"])
+def test_udp_from_c_keeps_datagram_boundaries_and_addresses(tether, out_programs, scene,
+                                                            relay):
+    """sendmsg/recvmsg on an unconnected socket, two datagrams on a connected one."""
+    front, behind = scene
+    res = tether(front, out_programs["udp-c"] + ["db.internal", str(ECHO_PORT)],
+                 env={"TETHER_OUTGOING_RELAY": relay})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.splitlines() == [
+        f"unconnected: pong one to {behind.gateway} from {behind.ip}",
+        f"datagram: pong a to {behind.gateway}",
+        f"datagram: pong bb to {behind.gateway}",
+        f"peer: {behind.ip}",
+        f"local: {behind.gateway}",
     ]
 
 
