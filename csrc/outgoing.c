@@ -631,6 +631,14 @@ static int remote_connect(int fd, int proto, int domain, const struct sockaddr *
     return -1;
 }
 
+static int same_addr(const struct sockaddr *a, socklen_t al, const struct sockaddr *b,
+                     socklen_t bl) {
+    int fa, fb, pa, pb;
+    uint8_t xa[16], xb[16];
+    if (sa_parts(a, al, &fa, xa, &pa) || sa_parts(b, bl, &fb, xb, &pb)) return 0;
+    return fa == fb && pa == pb && !memcmp(xa, xb, 16);
+}
+
 static int hooks_on(void) { return !tl_in_layer && tl_cfg.active && !tl_cfg.passthrough; }
 
 TL_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len) {
@@ -643,19 +651,23 @@ TL_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len) {
     const struct tl_out_config *c = tl_out_cfg();
     proto = sock_proto(fd, &domain);
     struct out_sock *known = lookup(fd);
+    if (known && known->mode == MODE_RELAY && known->dgram) {
+        /* A relayed UDP socket is connected to the relay already: connecting it to its
+         * destination is a no-op (it stops being "moved by sendto"); another destination
+         * is not supported (one per relayed socket). */
+        int same = same_addr(addr, len, (struct sockaddr *)&known->peer, known->peer_len);
+        if (same) known->implicit = 0;
+        tl_in_layer--;
+        TL_ERRNO_RESTORE;
+        if (same) return 0;
+        errno = EOPNOTSUPP;
+        return -1;
+    }
     int remote = proto && !known && tl_out_remote(c, proto, addr, len);
     tl_in_layer--;
     TL_ERRNO_RESTORE;
     if (!remote) return real_connect(fd, addr, len);
     return remote_connect(fd, proto, domain, addr, len);
-}
-
-static int same_addr(const struct sockaddr *a, socklen_t al, const struct sockaddr *b,
-                     socklen_t bl) {
-    int fa, fb, pa, pb;
-    uint8_t xa[16], xb[16];
-    if (sa_parts(a, al, &fa, xa, &pa) || sa_parts(b, bl, &fb, xb, &pb)) return 0;
-    return fa == fb && pa == pb && !memcmp(xa, xb, 16);
 }
 
 /* Unconnected UDP: the first datagram to a remote address moves the socket into the

@@ -93,6 +93,8 @@ def test_udp_from_c_keeps_datagram_boundaries_and_addresses(tether, out_programs
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.splitlines() == [
         f"unconnected: pong one to {behind.gateway} from {behind.ip}",
+        "unconnected peer: ENOTCONN",
+        f"then connected: pong three to {behind.gateway}",
         f"datagram: pong a to {behind.gateway}",
         f"datagram: pong bb to {behind.gateway}",
         f"peer: {behind.ip}",

@@ -1,7 +1,8 @@
 /* UDP both ways from C: an unconnected socket (sendmsg/recvmsg, the source reported) and
- * a connected one (connect/send/recv: two datagrams keep their boundaries; getpeername and
+ * then connected to the same destination; a connected one (connect/send/recv: two datagrams keep their boundaries; getpeername and
  * getsockname).  argv: host port. */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <string.h>
@@ -49,6 +50,16 @@ int main(int argc, char **argv) {
     if (n < 0) { perror("recvmsg"); return 3; }
     buf[n] = 0;
     printf("unconnected: %s from %s\n", buf, ntop(&src, h));
+    struct sockaddr_storage none;
+    socklen_t nl = sizeof none;
+    int e = getpeername(u, (struct sockaddr *)&none, &nl) ? errno : 0;
+    printf("unconnected peer: %s\n", e == ENOTCONN ? "ENOTCONN" : e ? "other error" : "set");
+    if (connect(u, res->ai_addr, res->ai_addrlen)) { perror("connect again"); return 3; }
+    send(u, "three", 5, 0);
+    n = recv(u, buf, sizeof buf - 1, 0);
+    if (n < 0) { perror("recv again"); return 3; }
+    buf[n] = 0;
+    printf("then connected: %s\n", buf);
 
     int c = mksock();
     if (connect(c, res->ai_addr, res->ai_addrlen)) { perror("connect"); return 3; }
