@@ -35,7 +35,6 @@ from .. import (
     relay,
 )
 from ..config import HttpFilter, IncomingConfig
-from ..http import shadow as shadow_mod
 from ..link import Link, LinkClosed, RemoteError
 from ..protocol import Message
 
@@ -81,8 +80,11 @@ class Feature:
         self._fatal: asyncio.Future[str] | None = None
         self._lock = asyncio.Lock()
         # Shadow testing (mirror only): compare the target's answers with the program's.
-        self.shadow = (shadow_mod.Book() if self.cfg.mode == "mirror" and self.cfg.shadow
-                       else None)
+        self.shadow = None
+        if self.cfg.mode == "mirror" and self.cfg.shadow:
+            from ..http import shadow as shadow_mod  # only then: ~15 ms of every start-up
+
+            self.shadow = shadow_mod.Book()
         if orch.agent is not None:
             orch.agent.handlers.update({"in_conn": self._in_conn, "in_lost": self._in_lost,
                                         "in_shadow": self._in_shadow})
@@ -294,7 +296,11 @@ class Feature:
                      mirror: bool, shadow_key: tuple[int, str, int] | None = None) -> None:
         loop = asyncio.get_running_loop()
         # Shadow: frame the copy (requests) and the program's answers, compare in the book.
-        ex = shadow_mod.Exchanges() if shadow_key is not None else None
+        ex = None
+        if shadow_key is not None:
+            from ..http import shadow as shadow_mod
+
+            ex = shadow_mod.Exchanges()
 
         async def pump(src: socket.socket, dst: socket.socket | None) -> None:
             try:
