@@ -138,7 +138,7 @@ static long recv_frame(int fd, uint8_t *buf, size_t cap) {
     return n;
 }
 
-static int connect_locked(void) {
+static int connect_locked(int *hello_pending) {
     struct sockaddr_un addr;
     uint8_t buf[1024];
     char exe[512];
@@ -161,15 +161,26 @@ static int connect_locked(void) {
     ssize_t el = readlink("/proc/self/exe", exe, sizeof exe - 1);
     exe[el > 0 ? el : 0] = '\0';
     n = tl_encode_hello(buf, sizeof buf, (long)getpid(), (long)getppid(), exe);
-    long session;
-    if (n < 0 || send_frame(fd, buf, (size_t)n) ||
-        (n = recv_frame(fd, buf, sizeof buf)) < 0 ||
-        tl_decode_hello_ok(buf, (unsigned long)n, &session)) {
+    if (n < 0 || send_frame(fd, buf, (size_t)n)) {
         raw_close(fd);
         errno = ECONNREFUSED;
         return -1;
     }
+    /* hello_ok is read after the first request went out: the orchestrator handles frames
+     * in order and installs the session's handlers with hello, so the request may follow
+     * at once (one round trip less for every process's first remote call). */
+    *hello_pending = 1;
     chan_fd = fd;
+    return 0;
+}
+
+static int read_hello_ok(void) {
+    uint8_t buf[256];
+    long session, n = recv_frame(chan_fd, buf, sizeof buf);
+    if (n < 0 || tl_decode_hello_ok(buf, (unsigned long)n, &session)) {
+        errno = ECONNREFUSED;
+        return -1;
+    }
     return 0;
 }
 
@@ -180,12 +191,13 @@ long tl_channel_call(const uint8_t *req, size_t req_len, uint8_t *reply, size_t 
 long tl_channel_call_fd(const uint8_t *req, size_t req_len, uint8_t *reply, size_t reply_cap,
                         int *fd_out) {
     long n = -1;
-    int saved;
+    int saved, hello_pending = 0;
     if (fd_out) *fd_out = -1;
     tl_in_layer++;
     pthread_mutex_lock(&chan_lock);
-    if (connect_locked() == 0) {
-        if (send_frame(chan_fd, req, req_len) == 0) {
+    if (connect_locked(&hello_pending) == 0) {
+        if (send_frame(chan_fd, req, req_len) == 0 &&
+            (!hello_pending || read_hello_ok() == 0)) {
             n = recv_frame_fd(chan_fd, reply, reply_cap, fd_out);
             if (n < 0 && fd_out && *fd_out >= 0) {
                 raw_close(*fd_out);
