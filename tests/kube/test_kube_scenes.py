@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from e2e_support import BackgroundTether
+from kube_programs import CLIENT, ECHO
 
 TESTS = Path(__file__).resolve().parent.parent
 CONFIGS = TESTS / "configs"
@@ -108,20 +109,6 @@ def test_filter_vfarcic_local_others_target(silly, kube_session):
     assert "URI=/?user=someone" not in s.output
 
 
-ECHO = r'''
-import socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 7000)); s.listen(8)
-while True:
-    c, a = s.accept(); d = c.recv(1024)
-    c.sendall(b"pong " + d + b" from " + a[0].encode()); c.close()
-'''
-CLIENT = r'''
-import socket, sys
-print("resolved:", socket.gethostbyname(sys.argv[1]), flush=True)
-c = socket.create_connection((sys.argv[1], 7000), timeout=5)
-c.sendall(b"ping"); print("reply:", c.recv(1024).decode(), flush=True)
-'''
 
 
 def test_outgoing_and_dns_reach_what_only_the_pod_reaches(kube, pod_factory, kube_tether):

@@ -16,25 +16,8 @@ import time
 
 import pytest
 from e2e_support import tether_cmd
+from kube_programs import CLIENT_THEN_WAIT, ECHO
 
-ECHO = r'''
-import socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 7000)); s.listen(8)
-while True:
-    c, a = s.accept(); d = c.recv(1024)
-    c.sendall(b"pong " + d + b" from " + a[0].encode()); c.close()
-'''
-# Resolves a short name (the pod's search domains), talks to it, then waits for stdin's
-# EOF so the test can look at the cluster while the session runs.
-CLIENT = r'''
-import socket, sys
-print("resolved:", socket.gethostbyname(sys.argv[1]), flush=True)
-c = socket.create_connection((sys.argv[1], 7000), timeout=5)
-c.sendall(b"ping"); print("reply:", c.recv(1024).decode(), flush=True)
-sys.stdin.read()
-print("bye", flush=True)
-'''
 AGENTS = "app.kubernetes.io/managed-by=tether"
 
 
@@ -56,7 +39,7 @@ def test_targetless_session_uses_the_namespaces_dns_and_network(kube, kube_env, 
     assert _unreachable_from_here(db.ip)  # the point: only the cluster's pods reach it
     proc = subprocess.Popen(
         tether_cmd() + ["exec", "-t", "targetless", "-n", "staging", "--",
-                        sys.executable, "-c", CLIENT, "db"],
+                        sys.executable, "-c", CLIENT_THEN_WAIT, "db"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=kube_env, cwd=tmp_path)
     err: list[str] = []
@@ -94,7 +77,7 @@ def test_targetless_session_uses_the_namespaces_dns_and_network(kube, kube_env, 
 def test_targetless_from_the_contexts_namespace(kube, kube_tether, db, tmp_path):
     """No target, no -n: the kubeconfig's context names the namespace."""
     cfg = kube.server.kubeconfig(tmp_path / "kubeconfig-staging", namespace="staging")
-    res = kube_tether([sys.executable, "-c", CLIENT, "db.staging.svc.cluster.local"],
+    res = kube_tether([sys.executable, "-c", CLIENT_THEN_WAIT, "db.staging.svc.cluster.local"],
                       env={"KUBECONFIG": str(cfg)}, args=[])
     assert res.returncode == 0, res.stderr
     assert f"resolved: {db.ip}" in res.stdout, res.stdout + res.stderr
