@@ -3,7 +3,8 @@
 # Idempotent and quick when everything is present: apt runs only for missing packages.
 set -euo pipefail
 PKGS=(build-essential python3-venv python3-dev iproute2 nftables libnftables1 dnsmasq-base
-      postgresql golang-go golang-github-lib-pq-dev gdb curl procps util-linux)
+      postgresql golang-go golang-github-lib-pq-dev gdb curl procps util-linux
+      nginx)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

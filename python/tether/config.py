@@ -181,6 +181,50 @@ class HttpFilter:
         return compile_pattern(self.pattern, ignore_case=True)
 
 
+TlsDeliveryProtocol: TypeAlias = Literal["tcp", "tls"]
+ALPN_PROTOCOLS = ("h2", "http/1.1", "http/1.0")
+
+
+@dataclass(frozen=True)
+class TlsClientVerification:
+    """mTLS targets: the agent asks clients for a certificate signed by `trust_roots`
+    (paths in the target); `allow_anonymous` lets clients without one through."""
+
+    trust_roots: tuple[str, ...]
+    allow_anonymous: bool = False
+
+
+@dataclass(frozen=True)
+class TlsCertPair:
+    cert_pem: str
+    key_pem: str
+
+
+@dataclass(frozen=True)
+class TlsStealPort:
+    """tether extension: a port the application serves with TLS; the agent terminates
+    it with the target's own certificate and key (paths in the target's filesystem)."""
+
+    port: int
+    cert_pem: str
+    key_pem: str
+    alpn_protocols: tuple[str, ...] = ("h2", "http/1.1")
+    client_verification: TlsClientVerification | None = None
+    app_client_cert: TlsCertPair | None = None  # what the agent shows an mTLS app
+
+
+@dataclass(frozen=True)
+class TlsDelivery:
+    """How stolen TLS traffic reaches the local program: decrypted (`tcp`) or over a
+    new TLS connection (`tls`) trusting `trust_roots` / `server_cert` (paths on the
+    developer's machine; neither: the target's own certificate)."""
+
+    protocol: TlsDeliveryProtocol = "tls"
+    trust_roots: tuple[str, ...] = ()
+    server_cert: str | None = None
+    server_name: str | None = None  # None: the client's SNI
+
+
 @dataclass(frozen=True)
 class IncomingConfig:
     """Traffic that reaches the target: mirrored, stolen, or left alone."""
@@ -195,6 +239,15 @@ class IncomingConfig:
     ignore_localhost: bool = False
     on_concurrent_steal: ConcurrentSteal = "abort"
     shadow: bool = False  # tether extension: mirror compares target and local answers
+    tls_steal: tuple[TlsStealPort, ...] = ()  # tether extension: HTTPS filtered in the agent
+    tls_delivery: TlsDelivery = field(default_factory=TlsDelivery)
+
+    def tls_port(self, port: int) -> tuple[int, TlsStealPort] | None:
+        """The `tls_steal` entry of `port` and its index (for messages), if any."""
+        for i, entry in enumerate(self.tls_steal):
+            if entry.port == port:
+                return i, entry
+        return None
 
 
 @dataclass(frozen=True)
@@ -970,7 +1023,117 @@ _INCOMING_ACTED = (
     "ignore_localhost",
     "on_concurrent_steal",
     "shadow",
+    "tls_steal",
+    "tls_delivery",
+    "https_delivery",
 )
+
+
+def _target_file(ctx: _Ctx, value: Any, path: str) -> str | None:
+    text = _str(ctx, value, path)
+    if text is not None and not text.startswith("/"):
+        ctx.error(path, f"{text!r} is not an absolute path (a file in the target's "
+                        "filesystem, e.g. /etc/tls/tls.crt)")
+        return None
+    return text
+
+
+def _required(ctx: _Ctx, fields: Mapping[str, Any], path: str, key: str) -> Any:
+    if key not in fields:
+        ctx.error(_join(path, key), "missing (required)")
+    return fields.get(key)
+
+
+def _cert_pair(ctx: _Ctx, value: Any, path: str) -> TlsCertPair | None:
+    fields = _fields(ctx, value, path, ("cert_pem", "key_pem"))
+    if fields is None:
+        return None
+    cert = _target_file(ctx, _required(ctx, fields, path, "cert_pem"), _join(path, "cert_pem"))
+    key = _target_file(ctx, _required(ctx, fields, path, "key_pem"), _join(path, "key_pem"))
+    return TlsCertPair(cert, key) if cert and key else None
+
+
+def _tls_port(ctx: _Ctx, value: Any, path: str) -> TlsStealPort | None:
+    acted = ("port", "cert_pem", "key_pem", "alpn_protocols", "client_verification",
+             "app_client_cert")
+    fields = _fields(ctx, value, path, acted)
+    if fields is None:
+        return None
+    port = _required(ctx, fields, path, "port")
+    port = _int(ctx, port, _join(path, "port"), 1, 65535) if port is not None else None
+    cert = _required(ctx, fields, path, "cert_pem")
+    cert = _target_file(ctx, cert, _join(path, "cert_pem")) if cert is not None else None
+    key = _required(ctx, fields, path, "key_pem")
+    key = _target_file(ctx, key, _join(path, "key_pem")) if key is not None else None
+    kw: dict[str, Any] = {}
+    if "alpn_protocols" in fields:
+        p = _join(path, "alpn_protocols")
+        protos = _strings(ctx, fields["alpn_protocols"], p)
+        for i, proto in enumerate(protos):
+            if proto not in ALPN_PROTOCOLS:
+                ctx.error(f"{p}[{i}]", f"{proto!r} is not one of {', '.join(ALPN_PROTOCOLS)} "
+                                       "(the agent filters HTTP)")
+        kw["alpn_protocols"] = tuple(protos)
+    if "client_verification" in fields:
+        p = _join(path, "client_verification")
+        cv = _fields(ctx, fields["client_verification"], p, ("trust_roots", "allow_anonymous"))
+        if cv is not None:
+            roots = tuple(r for i, item in enumerate(
+                _list(ctx, _required(ctx, cv, p, "trust_roots") or [],
+                      _join(p, "trust_roots")) or [])
+                if (r := _target_file(ctx, item, f"{_join(p, 'trust_roots')}[{i}]")))
+            if "trust_roots" in cv and not roots:
+                ctx.error(_join(p, "trust_roots"), "cannot be empty (list the CA certificates "
+                                                   "the application trusts for its clients)")
+            anon = _bool(ctx, cv.get("allow_anonymous", False), _join(p, "allow_anonymous"))
+            kw["client_verification"] = TlsClientVerification(roots, bool(anon))
+    if "app_client_cert" in fields:
+        kw["app_client_cert"] = _cert_pair(ctx, fields["app_client_cert"],
+                                           _join(path, "app_client_cert"))
+    if port is None or cert is None or key is None:
+        return None
+    return TlsStealPort(port, cert, key, **kw)
+
+
+def _tls_steal(ctx: _Ctx, value: Any, path: str) -> tuple[TlsStealPort, ...]:
+    fields = _fields(ctx, value, path, ("ports",))
+    if fields is None:
+        return ()
+    p = _join(path, "ports")
+    items = _list(ctx, _required(ctx, fields, path, "ports") or [], p) or []
+    out: list[TlsStealPort] = []
+    for i, item in enumerate(items):
+        entry = _tls_port(ctx, item, f"{p}[{i}]")
+        if entry is None:
+            continue
+        if any(e.port == entry.port for e in out):
+            ctx.error(f"{p}[{i}].port", f"port {entry.port} is listed twice")
+            continue
+        out.append(entry)
+    return tuple(out)
+
+
+def _tls_delivery(ctx: _Ctx, value: Any, path: str) -> TlsDelivery:
+    fields = _fields(ctx, value, path, ("protocol", "trust_roots", "server_cert",
+                                        "server_name"))
+    if fields is None:
+        return TlsDelivery()
+    kw: dict[str, Any] = {}
+    if "protocol" in fields:
+        got = _enum(ctx, fields["protocol"], _join(path, "protocol"), ("tcp", "tls"))
+        if got:
+            kw["protocol"] = got
+    if "trust_roots" in fields:
+        kw["trust_roots"] = _strings(ctx, fields["trust_roots"], _join(path, "trust_roots"))
+    for key in ("server_cert", "server_name"):
+        if key in fields:
+            kw[key] = _str(ctx, fields[key], _join(path, key))
+    if kw.get("protocol") == "tcp":
+        for key in ("trust_roots", "server_cert", "server_name"):
+            if kw.get(key):
+                ctx.warn(_join(path, key), "has no effect with protocol tcp (the local "
+                                           "program gets plain HTTP)")
+    return TlsDelivery(**kw)
 
 
 def _incoming(ctx: _Ctx, value: Any, path: str) -> IncomingConfig:
@@ -981,8 +1144,7 @@ def _incoming(ctx: _Ctx, value: Any, path: str) -> IncomingConfig:
         return (
             IncomingConfig(mode=cast(IncomingMode, mode)) if mode else IncomingConfig()
         )
-    accepted = {"tls_delivery": _object, "https_delivery": _object}
-    fields = _fields(ctx, value, path, _INCOMING_ACTED, accepted) or {}
+    fields = _fields(ctx, value, path, _INCOMING_ACTED) or {}
     kw: dict[str, Any] = {}
     if "mode" in fields:
         mode = _enum(ctx, fields["mode"], _join(path, "mode"), INCOMING_MODES)
@@ -1017,6 +1179,20 @@ def _incoming(ctx: _Ctx, value: Any, path: str) -> IncomingConfig:
                 ctx.error(_join(path, "shadow"),
                           "shadow compares the target's answers with the local program's "
                           "while mirroring: it needs mode mirror")
+    if "tls_steal" in fields:
+        kw["tls_steal"] = _tls_steal(ctx, fields["tls_steal"], _join(path, "tls_steal"))
+        mode = kw.get("mode", "mirror")
+        if kw["tls_steal"] and mode == "off":
+            ctx.warn(_join(path, "tls_steal"), "has no effect with mode off")
+        elif kw["tls_steal"] and mode == "steal" and kw.get("http_filter") is None:
+            ctx.warn(_join(path, "tls_steal"),
+                     "has no effect without http_filter: a stolen port is taken whole "
+                     "(its TLS goes to the local program untouched)")
+    if "tls_delivery" in fields and "https_delivery" in fields:
+        ctx.error(path, "set only one of tls_delivery, https_delivery (the same setting)")
+    for key in ("tls_delivery", "https_delivery"):
+        if key in fields:
+            kw["tls_delivery"] = _tls_delivery(ctx, fields[key], _join(path, key))
     return IncomingConfig(**kw)
 
 
@@ -1324,6 +1500,19 @@ def _dump_http_filter(node: HttpFilter) -> dict[str, Any]:
     return {f"{node.kind}_filter": node.pattern}
 
 
+def _dump_tls_port(p: TlsStealPort) -> dict[str, Any]:
+    out: dict[str, Any] = {"port": p.port, "cert_pem": p.cert_pem, "key_pem": p.key_pem,
+                           "alpn_protocols": list(p.alpn_protocols)}
+    if p.client_verification is not None:
+        out["client_verification"] = {
+            "trust_roots": list(p.client_verification.trust_roots),
+            "allow_anonymous": p.client_verification.allow_anonymous}
+    if p.app_client_cert is not None:
+        out["app_client_cert"] = {"cert_pem": p.app_client_cert.cert_pem,
+                                  "key_pem": p.app_client_cert.key_pem}
+    return out
+
+
 def _dump_filter(flt: TrafficFilter | None) -> dict[str, Any] | None:
     return {flt.kind: [e.raw for e in flt.entries]} if flt else None
 
@@ -1375,6 +1564,13 @@ def dump_effective(config: Config) -> dict[str, Any]:
                     "ignore_localhost": inc.ignore_localhost,
                     "on_concurrent_steal": inc.on_concurrent_steal,
                     "shadow": inc.shadow,
+                    "tls_steal": {"ports": [_dump_tls_port(p) for p in inc.tls_steal]},
+                    "tls_delivery": {
+                        "protocol": inc.tls_delivery.protocol,
+                        "trust_roots": list(inc.tls_delivery.trust_roots),
+                        "server_cert": inc.tls_delivery.server_cert,
+                        "server_name": inc.tls_delivery.server_name,
+                    },
                 },
                 "outgoing": {
                     "tcp": out.tcp,

@@ -48,6 +48,7 @@ from ..link import Link, LinkClosed, RemoteError
 from ..protocol import Message
 from .incoming_http import Router, splice
 from .incoming_mirror import Sniffer
+from .incoming_tls import TlsConfigError, TlsPort
 from .redirect import RedirectError, Redirector, bypass, original_dst
 
 log = logging.getLogger("tether.agent.incoming")
@@ -61,6 +62,7 @@ class Subscription:
     mode: str
     matcher: RequestMatcher | None = None
     sniffer: Sniffer | None = None
+    tls: TlsPort | None = None  # a tls_steal port: decrypted in the agent (incoming_tls)
 
 
 class IncomingAgent:
@@ -79,18 +81,19 @@ class IncomingAgent:
 
     # ---- subscriptions ----
     async def subscribe(self, port: int, mode: str, spec: Any, use_relay: bool = False,
-                        shadow: bool = False) -> None:
+                        shadow: bool = False, tls: Any = None) -> None:
         self.relay = use_relay or not self.link.can_pass_fds
         if port in self.subs:
             await self.unsubscribe(port)
-        if mode == "mirror":
+        tls_port = await self._tls_port(port, tls) if tls else None
+        if mode == "mirror" and tls_port is None:
             sub = Subscription(port, mode)
             sub.sniffer = Sniffer(port, lambda key: self._mirror_flow(port, key), shadow,
                                   lambda key, answers: self._shadow(port, key, answers))
             self.subs[port] = sub
             log.info("mirroring port %d%s", port, " (shadow: comparing answers)" if shadow else "")
             return
-        if mode != "steal":
+        if mode not in ("steal", "mirror"):
             raise RemoteError("bad_mode", f"unknown incoming mode {mode!r}")
         matcher = None
         if spec:
@@ -100,13 +103,25 @@ class IncomingAgent:
                 raise RemoteError("bad_filter", f"http_filter: {exc}") from None
         self._ensure_listener()
         assert self.redirector is not None
-        self.subs[port] = Subscription(port, mode, matcher)
+        self.subs[port] = Subscription(port, mode, matcher, tls=tls_port)
         try:
             self.redirector.add(port, self.listen_port)
         except RedirectError as exc:
             del self.subs[port]
             raise RemoteError("redirect", f"cannot steal port {port}: {exc}") from None
-        log.info("stealing port %d%s", port, f" with filter {matcher}" if matcher else "")
+        log.info("%s port %d%s%s", "stealing" if mode == "steal" else "mirroring", port,
+                 " (TLS terminated with the target's certificate)" if tls_port else "",
+                 f" with filter {matcher}" if matcher else "")
+
+    async def _tls_port(self, port: int, spec: Any) -> TlsPort:
+        from . import files, incoming_tls
+
+        try:
+            tls_port = incoming_tls.load_port(files.root_fd(self.link), {**spec, "port": port})
+            await incoming_tls.probe(tls_port, lambda: self._connect_app(("127.0.0.1", port)))
+        except TlsConfigError as exc:
+            raise RemoteError("tls", str(exc)) from None
+        return tls_port
 
     async def unsubscribe(self, port: int) -> None:
         sub = self.subs.pop(port, None)
@@ -172,7 +187,35 @@ class IncomingAgent:
         peer_addr, peer_port = _plain(peer[0]), int(peer[1])
         sub = self.subs.get(dst[1])
         name = f"{peer_addr}:{peer_port}->{dst[1]}"
+        mode = sub.mode if sub is not None else "steal"
+
+        async def open_app() -> socket.socket | None:
+            return await self._connect_app(dst)
+
+        async def open_dev() -> socket.socket | None:
+            ours, theirs = socket.socketpair()
+            ours.setblocking(False)
+            try:
+                ok = await self._to_dev(theirs, dst[1], peer_addr, peer_port, mode)
+            finally:
+                theirs.close()
+            if not ok:
+                ours.close()
+                return None
+            return ours
+
         try:
+            if sub is not None and sub.tls is not None and (
+                    mode == "mirror" or sub.matcher and sub.matcher.applies_to_port(dst[1])):
+                from . import incoming_tls
+
+                async def route(plain: socket.socket, matcher: RequestMatcher, app: Any,
+                                dev: Any) -> None:
+                    await Router(plain, matcher, app, dev, name).run()
+
+                await incoming_tls.serve(sub.tls, conn, mode, sub.matcher, open_app, open_dev,
+                                         name, route)
+                return
             if sub is None or sub.mode != "steal":
                 await self._to_app(conn, dst)
                 return
@@ -183,22 +226,6 @@ class IncomingAgent:
                     return
                 await self._to_app(conn, dst)
                 return
-
-            async def open_app() -> socket.socket | None:
-                return await self._connect_app(dst)
-
-            async def open_dev() -> socket.socket | None:
-                ours, theirs = socket.socketpair()
-                ours.setblocking(False)
-                try:
-                    ok = await self._to_dev(theirs, dst[1], peer_addr, peer_port, "steal")
-                finally:
-                    theirs.close()
-                if not ok:
-                    ours.close()
-                    return None
-                return ours
-
             await Router(conn, matcher, open_app, open_dev, name).run()
         except Exception as exc:
             log.warning("%s: %s", name, exc)
@@ -329,7 +356,8 @@ def _state(link: Link) -> IncomingAgent:
 
 async def _subscribe(link: Link, msg: Message) -> Message:
     await _state(link).subscribe(int(msg["port"]), str(msg["mode"]), msg.get("filter"),
-                                 bool(msg.get("relay")), bool(msg.get("shadow")))
+                                 bool(msg.get("relay")), bool(msg.get("shadow")),
+                                 msg.get("tls"))
     return {"t": "in_subscribe_reply", "port": int(msg["port"])}
 
 

@@ -69,6 +69,17 @@ def filter_spec(f: HttpFilter, top: bool = True) -> dict[str, Any]:
     return {f"{f.kind}_filter": f.pattern}
 
 
+def _read_pem(path: str, key: str) -> str:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            text = f.read(1 << 20)
+    except OSError as exc:
+        raise RemoteError("tls", f"{key}: cannot read {path}: {exc.strerror}") from None
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise RemoteError("tls", f"{key}: {path} holds no PEM certificate")
+    return text
+
+
 class Feature:
     def __init__(self, orch: Any) -> None:
         self.orch = orch
@@ -132,7 +143,7 @@ class Feature:
     # ---- layer requests ----
     def _spec(self, port: int) -> dict[str, Any] | None:
         c = self.cfg
-        if c.mode != "steal" or c.http_filter is None:
+        if c.mode == "off" or c.http_filter is None:
             return None
         spec = filter_spec(c.http_filter)
         if c.http_filter_ports is not None:
@@ -152,7 +163,43 @@ class Feature:
         spec = self._spec(port)
         if spec is not None:
             msg["filter"] = spec
+        tls = self._tls(port, spec is not None)
+        if tls is not None:
+            msg["tls"] = tls
         await agent.call(msg, timeout=10)
+
+    def _tls(self, port: int, filtered: bool) -> dict[str, Any] | None:
+        """The ``tls`` entry of ``in_subscribe`` for a ``tls_steal`` port the agent must
+        decrypt (filtered steal, or mirror); the delivery's trust is read here, on the
+        developer's machine. Raises RemoteError naming the key of an unreadable file."""
+        c = self.cfg
+        found = c.tls_port(port)
+        if found is None or not (c.mode == "mirror" or filtered):
+            return None
+        i, entry = found
+        key = f"feature.network.incoming.tls_steal.ports[{i}]"
+        out: dict[str, Any] = {"key": key, "cert_pem": entry.cert_pem,
+                               "key_pem": entry.key_pem,
+                               "alpn_protocols": list(entry.alpn_protocols)}
+        if entry.client_verification is not None:
+            out["client_verification"] = {
+                "trust_roots": list(entry.client_verification.trust_roots),
+                "allow_anonymous": entry.client_verification.allow_anonymous}
+        if entry.app_client_cert is not None:
+            out["app_client_cert"] = {"cert_pem": entry.app_client_cert.cert_pem,
+                                      "key_pem": entry.app_client_cert.key_pem}
+        d = c.tls_delivery
+        dkey = "feature.network.incoming.tls_delivery"
+        delivery: dict[str, Any] = {"protocol": d.protocol}
+        if d.protocol == "tls":
+            delivery["trust_roots"] = [_read_pem(p, f"{dkey}.trust_roots[{j}]")
+                                       for j, p in enumerate(d.trust_roots)]
+            if d.server_cert:
+                delivery["server_cert"] = _read_pem(d.server_cert, f"{dkey}.server_cert")
+            if d.server_name:
+                delivery["server_name"] = d.server_name
+        out["delivery"] = delivery
+        return out
 
     async def _in_listen(self, link: Link, msg: Message) -> Message:
         port = int(msg["port"])

@@ -1,0 +1,153 @@
+"""HTTPS with filters: the target's nginx serves TLS with a certificate that only exists in
+the target's filesystem. The agent terminates TLS with that certificate, so the developer's
+requests (HTTP/1.1, HTTP/2, gRPC) reach the local program and everyone else keeps getting
+nginx's answer over TLS, with the same certificate as without tether."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from tls_support import (
+    CERT,
+    KEY,
+    NGINX_ANSWER,
+    TLS_PORT,
+    TOYS,
+    Certs,
+    TlsSession,
+    curl,
+    fingerprint,
+    grpc_say,
+    grpc_target,
+    keepalive,
+    nginx_target,
+    peer_certificate,
+    tls_config,
+    wait_lines,
+)
+
+MINE = {"mode": "steal", "http_filter": {"header_filter": "^x-dev: me$"}}
+
+
+@pytest.fixture(scope="module")
+def certs() -> Certs:
+    return Certs()
+
+
+@pytest.fixture
+def session(tmp_path: Path):
+    started: list[TlsSession] = []
+
+    def start(pod, incoming, argv=None, ready=True):
+        s = TlsSession(pod, incoming, tmp_path,
+                       argv or [sys.executable, TOYS, "http", str(TLS_PORT), "mine"])
+        started.append(s)
+        return s.wait_ready() if ready else s
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+def test_developer_https_requests_reach_the_local_program_others_get_nginx(
+        pod_factory, session, certs, tmp_path):
+    target = nginx_target(pod_factory, certs, tmp_path)
+    ca = certs.write_ca(tmp_path)
+    before = fingerprint(peer_certificate(target, ca))
+    session(target, tls_config({**MINE, "tls_delivery": {"protocol": "tcp"}}))
+    # HTTP/1.1 and HTTP/2 (ALPN), the developer's requests and everyone else's.
+    assert curl(target, ca, "/a", "-H", "x-dev: me") == "mine /a via http/1.1\n [1.1]"
+    assert curl(target, ca, "/a") == NGINX_ANSWER + " [1.1]"
+    assert curl(target, ca, "/b", "-H", "x-dev: me", http2=True) == "mine /b via h2\n [2]"
+    assert curl(target, ca, "/b", http2=True) == NGINX_ANSWER + " [2]"
+    # One keep-alive connection alternating between the two upstreams.
+    me = {"x-dev": "me"}
+    assert keepalive(target, ca, [("/1", me), ("/2", {}), ("/3", me), ("/4", {})]) == [
+        "mine /1 via http/1.1\n", NGINX_ANSWER, "mine /3 via http/1.1\n", NGINX_ANSWER]
+    # The client sees the target's own certificate, as without tether.
+    assert fingerprint(peer_certificate(target, ca)) == before == fingerprint(certs.leaf_der)
+
+
+def test_tls_delivery_connects_to_the_local_program_over_tls(pod_factory, session, certs,
+                                                            tmp_path):
+    """Default delivery: TLS to the local program, which serves the target's certificate
+    (read through tether from the target's filesystem: it is nowhere on this machine)."""
+    target = nginx_target(pod_factory, certs, tmp_path)
+    ca = certs.write_ca(tmp_path)
+    assert not Path(CERT).exists()
+    session(target, tls_config(MINE),
+            argv=[sys.executable, TOYS, "http", str(TLS_PORT), "mine", CERT, KEY])
+    assert curl(target, ca, "/x", "-H", "x-dev: me") == "mine /x via http/1.1+tls\n [1.1]"
+    assert curl(target, ca, "/y", "-H", "x-dev: me", http2=True) == "mine /y via h2+tls\n [2]"
+    assert curl(target, ca, "/z", http2=True) == NGINX_ANSWER + " [2]"
+
+
+def test_grpc_over_tls_with_a_header_filter(pod_factory, session, certs, tmp_path):
+    target = grpc_target(pod_factory, certs)
+    session(target, tls_config({**MINE, "tls_delivery": {"protocol": "tcp"}}),
+            argv=[sys.executable, TOYS, "grpc", str(TLS_PORT), "mine"])
+    assert grpc_say(target, certs.ca_pem, "hello", (("x-dev", "me"),)) == "mine: hello"
+    assert grpc_say(target, certs.ca_pem, "hello") == "target: hello"
+    assert grpc_say(target, certs.ca_pem, "again", (("x-dev", "you"),)) == "target: again"
+
+
+def test_mirror_filter_copies_only_matching_decrypted_requests(pod_factory, session, certs,
+                                                               tmp_path):
+    target = nginx_target(pod_factory, certs, tmp_path)
+    ca = certs.write_ca(tmp_path)
+    seen = tmp_path / "seen.txt"
+    session(target, tls_config({"mode": "mirror",
+                                "http_filter": {"header_filter": "^x-mirror: yes$"},
+                                "tls_delivery": {"protocol": "tcp"}}))
+    hdr = ("-H", f"x-copies: {seen}")
+    assert curl(target, ca, "/copied", *hdr, "-H", "x-mirror: yes") == NGINX_ANSWER + " [1.1]"
+    assert curl(target, ca, "/not-copied", *hdr) == NGINX_ANSWER + " [1.1]"
+    assert curl(target, ca, "/copied-too", *hdr, "-H", "x-mirror: yes") == NGINX_ANSWER + " [1.1]"
+    lines = wait_lines(seen, 2)
+    assert sorted(lines) == ["mine GET /copied", "mine GET /copied-too"]
+
+
+def test_mirror_without_a_filter_copies_every_request_http2_included(pod_factory, session,
+                                                                     certs, tmp_path):
+    target = nginx_target(pod_factory, certs, tmp_path)
+    ca = certs.write_ca(tmp_path)
+    seen = tmp_path / "seen.txt"
+    session(target, tls_config({"mode": "mirror", "tls_delivery": {"protocol": "tcp"}}))
+    hdr = ("-H", f"x-copies: {seen}")
+    assert curl(target, ca, "/one", *hdr) == NGINX_ANSWER + " [1.1]"
+    assert curl(target, ca, "/two", *hdr, http2=True) == NGINX_ANSWER + " [2]"
+    assert sorted(wait_lines(seen, 2)) == ["mine GET /one", "mine GET /two"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"cert_pem": "/etc/tls/missing.crt"},
+     "tls_steal.ports[0].cert_pem: /etc/tls/missing.crt does not exist in the target"),
+    ({"key_pem": "/etc/tls/other.key"},
+     "tls_steal.ports[0].key_pem: the private key does not match the certificate"),
+    ({"port": 8443, "cert_pem": CERT, "key_pem": CERT},
+     "tls_steal.ports[0].key_pem: not a PEM private key"),
+])
+def test_bad_certificate_settings_name_the_key(pod_factory, session, certs, tmp_path, change,
+                                               message):
+    target = nginx_target(pod_factory, certs, tmp_path)
+    other = Certs()
+    target.exec(["sh", "-c", "cat > /etc/tls/other.key"], input=other.key.decode())
+    entry = {"port": TLS_PORT, "cert_pem": CERT, "key_pem": KEY, **change}
+    s = session(target, {**MINE, "tls_steal": {"ports": [entry]}}, ready=False)
+    assert s.proc.wait(20) != 0
+    assert message in s.output, s.output
+    assert "Traceback" not in s.output
+
+
+def test_a_port_not_served_with_tls_is_refused_by_name(pod_factory, session, tmp_path):
+    silly = str(Path(__file__).resolve().parent / "silly_server.py")
+    certs = Certs()
+    target = pod_factory("plain", files={CERT: certs.cert, KEY: certs.key},
+                         cmd=[sys.executable, silly, str(TLS_PORT), "plain text"])
+    target.wait_port(TLS_PORT)
+    s = session(target, tls_config(MINE), ready=False)
+    assert s.proc.wait(20) != 0
+    assert ("tls_steal.ports[0].port: port 8443 of the target does not answer with TLS"
+            in s.output), s.output
