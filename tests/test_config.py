@@ -511,8 +511,9 @@ def test_config_error_text_lists_every_problem() -> None:
             "feature.fs.readonly_file_buffer: accepted but not used by tether",
         ),
         (
-            incoming({"tls_delivery": {"protocol": "tcp"}}),
-            "feature.network.incoming.tls_delivery: accepted but not used by tether",
+            incoming({"tls_delivery": {"protocol": "tcp", "server_name": "a.b"}}),
+            "feature.network.incoming.tls_delivery.server_name: has no effect with protocol "
+            "tcp (the local program gets plain HTTP)",
         ),
         (
             incoming(

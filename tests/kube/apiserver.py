@@ -27,6 +27,7 @@ anything else stays in ErrImagePull/ImagePullBackOff, like a real kubelet.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import copy
 import ctypes
@@ -228,16 +229,25 @@ class Cluster:
     def deploy(self, name: str, namespace: str = "staging", *, env: dict[str, str] | None = None,
                cmd: list[str] | None = None, replicas: int = 1, ready: bool = True,
                containers: tuple[str, ...] = ("app",), port: int = 8080,
-               service: bool = True) -> list[dict[str, Any]]:
-        """A Deployment, its ReplicaSet and pods (realized as netns), and a Service."""
+               service: bool = True, secret_volumes: dict[str, str] | None = None
+               ) -> list[dict[str, Any]]:
+        """A Deployment, its ReplicaSet and pods (realized as netns), and a Service.
+        ``secret_volumes``: {mount path: Secret name} mounted in every container."""
         labels = {"app": name}
+        vols = sorted((secret_volumes or {}).items())
         template = k.V1PodTemplateSpec(
             metadata=k.V1ObjectMeta(labels=labels),
             spec=k.V1PodSpec(containers=[
                 k.V1Container(name=c, image=f"ghcr.io/example/{name}:1.0",
                               env=[k.V1EnvVar(name=a, value=b) for a, b in (env or {}).items()],
-                              ports=[k.V1ContainerPort(container_port=port)])
-                for c in containers]))
+                              ports=[k.V1ContainerPort(container_port=port)],
+                              volume_mounts=[k.V1VolumeMount(name=f"secret-{i}", mount_path=m,
+                                                             read_only=True)
+                                             for i, (m, _) in enumerate(vols)] or None)
+                for c in containers],
+                volumes=[k.V1Volume(name=f"secret-{i}",
+                                    secret=k.V1SecretVolumeSource(secret_name=sec))
+                         for i, (_, sec) in enumerate(vols)] or None))
         dep = ser(k.V1Deployment(
             api_version="apps/v1", kind="Deployment",
             metadata=k.V1ObjectMeta(name=name, namespace=namespace, labels=labels),
@@ -274,10 +284,44 @@ class Cluster:
                                   name=obj["metadata"]["name"], uid=obj["metadata"]["uid"],
                                   controller=True)
 
+    def secret(self, name: str, namespace: str, data: dict[str, bytes],
+               kind: str = "Opaque") -> None:
+        self.put("secrets", ser(k.V1Secret(
+            api_version="v1", kind="Secret", type=kind,
+            metadata=k.V1ObjectMeta(name=name, namespace=namespace),
+            data={key: base64.b64encode(v).decode() for key, v in data.items()})))
+
+    def _secret_files(self, ns: str, template: Any
+                      ) -> tuple[dict[str, bytes], list[tuple[str, str]]]:
+        """A kubelet's Secret volume: the keys in a timestamped directory, ``..data``
+        pointing at it and one relative link per key (files, then links to make)."""
+        files: dict[str, bytes] = {}
+        links: list[tuple[str, str]] = []
+        mounts = {m.name: m.mount_path for c in template.spec.containers
+                  for m in c.volume_mounts or []}
+        for vol in template.spec.volumes or []:
+            if vol.secret is None or vol.name not in mounts:
+                continue
+            data = self.get("secrets", ns, vol.secret.secret_name)["data"]
+            stamp = "..2026_01_01_00_00_00.000000001"
+            base = mounts[vol.name]
+            for key, value in data.items():
+                files[f"{base}/{stamp}/{key}"] = base64.b64decode(value)
+                links.append((f"{base}/{key}", f"..data/{key}"))
+            links.append((f"{base}/..data", stamp))
+        return files, links
+
     def run_pod(self, name: str, ns: str, labels: dict[str, str], template: Any,
                 env: dict[str, str], cmd: list[str] | None, owner: Any = None,
                 ready: bool = True) -> dict[str, Any]:
-        netns = self.pods(name, env=env, cmd=cmd)
+        files, links = self._secret_files(ns, template)
+        if links:  # the main process starts once the volume is complete, as in a kubelet
+            wait = " && ".join(f"[ -e {path} ]" for path, _ in links)
+            cmd = ["sh", "-c", f'until {wait}; do sleep 0.02; done; exec "$@"', "sh",
+                   *(cmd or ["sleep", "infinity"])]
+        netns = self.pods(name, env=env, cmd=cmd, files=files or None)
+        for path, target in links:
+            os.symlink(target, f"{netns.root}{path}")
         self.netns[name] = netns
         cid = f"containerd://{secrets.token_hex(32)}"
         self._cgroup(cid, netns.pid)
