@@ -193,10 +193,12 @@ class IncomingAgent:
             return await self._connect_app(dst)
 
         async def open_dev() -> socket.socket | None:
+            # "steal" also for the copies of a TLS mirror: their answers come back here
+            # (HTTP/2 copies need the program's window updates) and are dropped here.
             ours, theirs = socket.socketpair()
             ours.setblocking(False)
             try:
-                ok = await self._to_dev(theirs, dst[1], peer_addr, peer_port, mode)
+                ok = await self._to_dev(theirs, dst[1], peer_addr, peer_port, "steal")
             finally:
                 theirs.close()
             if not ok:

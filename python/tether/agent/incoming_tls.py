@@ -28,8 +28,8 @@ are wrapped the same way:
   (the agent does not have its key).
 
 Mirror mode on a TLS port cannot sniff (the packets are encrypted): the redirect path is
-used, every byte goes to the application (:func:`mirror`), and a copy of each request
-(matching the filter, if any) goes to the developer, whose answers the orchestrator drops.
+used, every byte goes to the application, and a copy of each request (matching the
+filter, if any) goes to the developer (:mod:`.incoming_tee`).
 
 Every byte pump is a pair of asyncio transports (``ssl`` memory BIOs inside asyncio's SSL
 protocol) joined with flow control: a slow side pauses reading on the other.
@@ -47,16 +47,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..http import (
-    Body,
-    H2Preface,
-    Invalid,
-    RequestEnd,
-    RequestFramer,
-    RequestHead,
-    RequestMatcher,
-    Tunnel,
-)
+from ..http import RequestMatcher
+from . import incoming_tee
 from .files import openat2_in_root
 
 log = logging.getLogger("tether.agent.incoming")
@@ -64,8 +56,6 @@ log = logging.getLogger("tether.agent.incoming")
 HANDSHAKE_TIMEOUT = 10.0
 PROBE_TIMEOUT = 3.0
 MAX_PEM = 1 << 20
-READ_SIZE = 262144
-MIRROR_BACKLOG = 4 << 20  # bytes a slow developer may lag behind before its copy stops
 DEFAULT_ALPN = ("h2", "http/1.1")
 
 Opener = Callable[[], Awaitable[socket.socket | None]]
@@ -439,153 +429,10 @@ async def serve(port: TlsPort, conn: socket.socket, mode: str, matcher: RequestM
         app = app_opener(port, hs, open_app, name)
         dev = dev_opener(port, hs, open_dev, name)
         if mode == "mirror":
-            await mirror(hs.plain, matcher, app, dev, name)
+            await incoming_tee.mirror(hs.plain, matcher, app, dev, name)
         else:
             assert matcher is not None
             await route(hs.plain, matcher, app, dev)
     finally:
         with contextlib.suppress(OSError):
             hs.plain.close()
-
-
-# ---- mirror over the redirect ----
-
-class _Copy:
-    """The developer's copy of one connection's requests: never in the client's path.
-    Bytes wait in a bounded backlog; a developer that falls too far behind loses the copy
-    of this connection, the client never waits for it."""
-
-    def __init__(self, open_dev: Opener, name: str) -> None:
-        self.open_dev = open_dev
-        self.name = name
-        self.backlog: list[bytes] = []
-        self.size = 0
-        self.dead = False
-        self.wake = asyncio.Event()
-        self.eof = False
-        self.task: asyncio.Task[None] | None = None
-
-    def send(self, data: bytes) -> None:
-        if self.dead or not data:
-            return
-        self.size += len(data)
-        if self.size > MIRROR_BACKLOG:
-            log.warning("%s: the local program is too slow for the mirror; this "
-                        "connection's copy stops", self.name)
-            self.dead = True
-            self.backlog.clear()
-            self.wake.set()
-            return
-        self.backlog.append(data)
-        if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self._run())
-        self.wake.set()
-
-    def close(self) -> None:
-        self.eof = True
-        self.wake.set()
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        sock = await self.open_dev()
-        if sock is None:
-            self.dead = True
-            return
-        try:
-            while True:
-                await self.wake.wait()
-                self.wake.clear()
-                while self.backlog and not self.dead:
-                    data = self.backlog.pop(0)
-                    await loop.sock_sendall(sock, data)
-                    self.size -= len(data)
-                if self.dead or self.eof:
-                    break
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_WR)
-            # The program's answers are dropped (the orchestrator does too); wait for its end.
-            while await loop.sock_recv(sock, READ_SIZE):
-                pass
-        except OSError:
-            pass
-        finally:
-            sock.close()
-
-
-async def mirror(client: socket.socket, matcher: RequestMatcher | None, open_app: Opener,
-                 open_dev: Opener, name: str) -> None:
-    """The client talks to the application exactly as before; each request (matching the
-    filter, if any) is copied to the developer. HTTP/2: without a filter the whole
-    connection is copied; with one, HTTP/2 is not copied (only HTTP/1 requests are judged
-    here). An upgraded connection (WebSocket) is copied up to the upgrade request."""
-    loop = asyncio.get_running_loop()
-    app = await open_app()
-    if app is None:
-        return
-    copy = _Copy(open_dev, name)
-    rf = RequestFramer()
-    state = {"copying": False, "teeing": True, "whole": False}
-
-    def tee(data: bytes) -> None:
-        if state["whole"]:
-            copy.send(data)
-            return
-        if not state["teeing"]:
-            return
-        for ev in rf.feed(data):
-            if isinstance(ev, RequestHead):
-                state["copying"] = matcher is None or matcher.matches(ev)
-                if state["copying"]:
-                    copy.send(ev.raw)
-            elif isinstance(ev, (Body, RequestEnd)):
-                if state["copying"]:
-                    copy.send(ev.raw)
-            elif isinstance(ev, H2Preface):
-                if matcher is None:
-                    state["whole"] = True
-                    copy.send(ev.raw)
-                else:
-                    log.info("%s: HTTP/2 over TLS is mirrored only without a filter", name)
-                    state["teeing"] = False
-            elif isinstance(ev, (Tunnel, Invalid)):
-                state["teeing"] = False
-        if rf.paused:  # an upgrade: the app's verdict is not parsed here; stop copying
-            state["teeing"] = False
-
-    async def up() -> None:
-        try:
-            while True:
-                data = await loop.sock_recv(client, READ_SIZE)
-                if not data:
-                    break
-                await loop.sock_sendall(app, data)
-                tee(data)
-        except OSError:
-            pass
-        with contextlib.suppress(OSError):
-            app.shutdown(socket.SHUT_WR)
-        copy.close()
-
-    async def down() -> None:
-        try:
-            while True:
-                data = await loop.sock_recv(app, READ_SIZE)
-                if not data:
-                    break
-                await loop.sock_sendall(client, data)
-        except OSError:
-            pass
-        with contextlib.suppress(OSError):
-            client.shutdown(socket.SHUT_WR)
-
-    try:
-        await asyncio.gather(up(), down())
-    finally:
-        copy.close()
-        app.close()
-        if copy.task is not None:  # finishes on its own; the client does not wait for it
-            _copies.add(copy.task)
-            copy.task.add_done_callback(_copies.discard)
-
-
-_copies: set[asyncio.Task[None]] = set()

@@ -105,8 +105,15 @@ def test_mirror_filter_copies_only_matching_decrypted_requests(pod_factory, sess
     assert curl(target, ca, "/copied", *hdr, "-H", "x-mirror: yes") == NGINX_ANSWER + " [1.1]"
     assert curl(target, ca, "/not-copied", *hdr) == NGINX_ANSWER + " [1.1]"
     assert curl(target, ca, "/copied-too", *hdr, "-H", "x-mirror: yes") == NGINX_ANSWER + " [1.1]"
-    lines = wait_lines(seen, 2)
-    assert sorted(lines) == ["mine GET /copied", "mine GET /copied-too"]
+    # HTTP/2: matching streams are replayed to the local program, bodies included.
+    body = tmp_path / "body"
+    body.write_bytes(b"x" * 200000)  # more than the default HTTP/2 windows
+    assert curl(target, ca, "/upload/h2-copied", *hdr, "-H", "x-mirror: yes", "-T", str(body),
+                http2=True) == " [2]"  # nginx stored it (201, no body)
+    assert curl(target, ca, "/h2-not-copied", *hdr, http2=True) == NGINX_ANSWER + " [2]"
+    lines = wait_lines(seen, 3)
+    assert sorted(lines) == ["mine GET /copied", "mine GET /copied-too",
+                             "mine PUT /upload/h2-copied 200000"]
 
 
 def test_mirror_without_a_filter_copies_every_request_http2_included(pod_factory, session,

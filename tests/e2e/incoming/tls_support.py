@@ -44,6 +44,8 @@ http {{
         ssl_certificate_key {key};
         location / {{ default_type text/plain; return 200 "nginx over TLS\\n"; }}
         location /big {{ root {tmp}/www; }}
+        location /upload/ {{ root {tmp}/www; dav_methods PUT; create_full_put_path on;
+                             client_max_body_size 16m; }}
     }}
 }}
 """

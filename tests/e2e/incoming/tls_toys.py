@@ -24,11 +24,11 @@ import h2.events
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
-def _note(headers: dict[str, str], name: str, method: str, path: str) -> None:
+def _note(headers: dict[str, str], name: str, method: str, path: str, size: int = 0) -> None:
     target = headers.get("x-copies")
     if target:
         with open(target, "a") as f:
-            f.write(f"{name} {method} {path}\n")
+            f.write(f"{name} {method} {path}{f' {size}' if size else ''}\n")
 
 
 async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, name: str,
@@ -37,6 +37,7 @@ async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n
         client_side=False, header_encoding="utf-8"))
     conn.initiate_connection()
     heads: dict[int, dict[str, str]] = {}
+    sizes: dict[int, int] = {}
     data = first
     while True:
         for ev in conn.receive_data(data) if data else []:
@@ -44,9 +45,10 @@ async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n
                 heads[ev.stream_id] = dict(ev.headers)
             elif isinstance(ev, h2.events.DataReceived):
                 conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                sizes[ev.stream_id] = sizes.get(ev.stream_id, 0) + len(ev.data)
             elif isinstance(ev, h2.events.StreamEnded):
                 h = heads.pop(ev.stream_id)
-                _note(h, name, h[":method"], h[":path"])
+                _note(h, name, h[":method"], h[":path"], sizes.pop(ev.stream_id, 0))
                 body = f"{name} {h[':path']} via {via}\n".encode()
                 conn.send_headers(ev.stream_id, [(":status", "200"),
                                                  ("content-length", str(len(body)))])
@@ -74,7 +76,7 @@ async def serve_http1(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
         n = int(headers.get("content-length", "0"))
         if n:
             await reader.readexactly(n)
-        _note(headers, name, method, path)
+        _note(headers, name, method, path, n)
         body = f"{name} {path} via {via}\n".encode()
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
