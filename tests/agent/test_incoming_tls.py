@@ -139,9 +139,12 @@ def connector(port: int) -> Any:
     return connect
 
 
-def server_ctx(leaf: trustme.LeafCert, client_ca: trustme.CA | None = None) -> ssl.SSLContext:
+def server_ctx(leaf: trustme.LeafCert, client_ca: trustme.CA | None = None,
+               alpn: list[str] | None = None) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     leaf.configure_cert(ctx)
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
     if client_ca is not None:
         client_ca.configure_trust(ctx)
         ctx.verify_mode = ssl.CERT_REQUIRED
@@ -152,6 +155,35 @@ def test_probe_accepts_the_application_serving_that_certificate(root: Any) -> No
     srv = Server(server_ctx(root[2]))
     port = incoming_tls.load_port(root[0], spec())
     asyncio.run(incoming_tls.probe(port, connector(srv.port)))
+    srv.close()
+
+
+@pytest.mark.parametrize("app_alpn, offered", [
+    (["h2", "http/1.1"], ["h2", "http/1.1"]),
+    (["http/1.1"], ["http/1.1"]),
+    (None, ["http/1.1"]),  # no ALPN at all: an HTTP/1 server
+])
+def test_clients_are_offered_only_what_the_application_accepts(
+        root: Any, ca: trustme.CA, app_alpn: list[str] | None, offered: list[str]) -> None:
+    srv = Server(server_ctx(root[2], alpn=app_alpn))
+    port = incoming_tls.load_port(root[0], spec())
+    asyncio.run(incoming_tls.probe(port, connector(srv.port)))
+    assert port.alpn == offered
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    client.set_alpn_protocols(["h2", "http/1.1"])
+    a, b = socket.socketpair()
+
+    async def hello() -> str | None:
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(incoming_tls.accept(port, a))
+        _, writer = await asyncio.open_connection(sock=b, ssl=client, server_hostname="app.test")
+        got = writer.get_extra_info("ssl_object").selected_alpn_protocol()
+        writer.close()
+        (await task).plain.close()
+        return got
+
+    assert asyncio.run(hello()) == offered[0]
     srv.close()
 
 

@@ -216,7 +216,7 @@ class IncomingAgent:
                     await Router(plain, matcher, app, dev, name).run()
 
                 await incoming_tls.serve(sub.tls, conn, mode, sub.matcher, open_app, open_dev,
-                                         name, route)
+                                         name, route, lambda: self._to_app(conn, dst))
                 return
             if sub is None or sub.mode != "steal":
                 await self._to_app(conn, dst)

@@ -54,6 +54,7 @@ from .files import openat2_in_root
 log = logging.getLogger("tether.agent.incoming")
 
 HANDSHAKE_TIMEOUT = 10.0
+FIRST_BYTE_TIMEOUT = 3.0
 PROBE_TIMEOUT = 3.0
 MAX_PEM = 1 << 20
 DEFAULT_ALPN = ("h2", "http/1.1")
@@ -80,6 +81,7 @@ class TlsPort:
     port: int
     key: str  # JSON path of the entry, for messages
     server_ctx: ssl.SSLContext
+    alpn: list[str]  # what the agent offers its clients
     cert_pem: str
     app_client_cert: tuple[bytes, bytes] | None
     delivery: Delivery
@@ -226,8 +228,8 @@ def load_port(root: int, spec: dict[str, Any]) -> TlsPort:
                         cadata=roots_pem or server_cert or None,
                         pinned=not roots_pem,
                         server_name=d.get("server_name"))
-    port = TlsPort(int(spec["port"]), key, ctx, cert.decode("ascii", "replace"), app_client,
-                   delivery, {}, {})
+    port = TlsPort(int(spec["port"]), key, ctx, alpn, cert.decode("ascii", "replace"),
+                   app_client, delivery, {}, {})
     try:  # fail now on unusable settings, not at the first request
         port.app_context(None)
         if delivery.protocol == "tls":
@@ -240,19 +242,43 @@ def load_port(root: int, spec: dict[str, Any]) -> TlsPort:
 
 
 async def probe(port: TlsPort, connect: Opener) -> None:
-    """Check at subscribe time that the application serves TLS with that certificate.
+    """Check at subscribe time that the application serves TLS with that certificate, and
+    offer clients only the ALPN protocols it accepts (an application without HTTP/2 must
+    not see the agent negotiate h2 on its behalf).
 
     Nothing listening is fine (the app may start later); plain text or another
     certificate is a configuration error."""
-    sock = await connect()
-    if sock is None:
-        log.info("port %d: nothing answers yet; TLS is checked at the first connection",
-                 port.port)
-        return
+    accepted: list[str] = []
+    for proto in port.alpn or [None]:
+        sock = await connect()
+        if sock is None:
+            if proto == (port.alpn or [None])[0]:
+                log.info("port %d: nothing answers yet; TLS is checked at the first "
+                         "connection", port.port)
+                return
+            break
+        selected = await _probe_one(port, sock, proto)
+        if proto is None:
+            return
+        if selected == proto:
+            accepted.append(proto)
+        elif selected is None:  # no ALPN at all: the application speaks HTTP/1
+            accepted += [p for p in port.alpn if p.startswith("http/") and p not in accepted]
+            break
+    if accepted != port.alpn:
+        log.info("port %d: the application accepts %s of %s; offering clients that",
+                 port.port, accepted or "no ALPN protocol", port.alpn)
+        port.alpn = accepted
+        port.server_ctx.set_alpn_protocols(accepted)
+
+
+async def _probe_one(port: TlsPort, sock: socket.socket, proto: str | None) -> str | None:
+    """The protocol the application selects when offered ``proto`` (None: no ALPN in its
+    answer, "": refused with the no_application_protocol alert)."""
     loop = asyncio.get_running_loop()
     try:
         tr, _ = await asyncio.wait_for(loop.create_connection(
-            asyncio.Protocol, sock=sock, ssl=port.app_context(None), server_hostname="",
+            asyncio.Protocol, sock=sock, ssl=port.app_context(proto), server_hostname="",
             ssl_handshake_timeout=PROBE_TIMEOUT), PROBE_TIMEOUT + 1)
     except ssl.SSLCertVerificationError as exc:
         sock.close()
@@ -262,10 +288,14 @@ async def probe(port: TlsPort, connect: Opener) -> None:
     except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
         sock.close()
         why = getattr(exc, "reason", None) or exc.__class__.__name__
+        if "NO_APPLICATION_PROTOCOL" in str(why):
+            return ""  # TLS, but not this protocol
         raise TlsConfigError(
             f"{port.key}.port: port {port.port} of the target does not answer with TLS "
             f"({why}); list only ports the application serves with TLS") from None
+    selected = tr.get_extra_info("ssl_object").selected_alpn_protocol()
     tr.close()
+    return selected
 
 
 # ---- byte pumps ----
@@ -413,12 +443,42 @@ def dev_opener(port: TlsPort, hs: Handshake, open_dev: Opener, name: str) -> Ope
     return open_tls_dev
 
 
+async def _first_byte(conn: socket.socket, timeout: float) -> bytes | None:
+    """The client's first byte, left in the socket (None: nothing within ``timeout``)."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    loop.add_reader(conn.fileno(), lambda: ready.done() or ready.set_result(None))
+    try:
+        await asyncio.wait_for(ready, timeout)
+    except TimeoutError:
+        return None
+    finally:
+        loop.remove_reader(conn.fileno())
+    try:
+        return conn.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
 async def serve(port: TlsPort, conn: socket.socket, mode: str, matcher: RequestMatcher | None,
                 open_app: Opener, open_dev: Opener, name: str,
                 route: Callable[[socket.socket, RequestMatcher, Opener, Opener],
-                                Awaitable[None]]) -> None:
+                                Awaitable[None]],
+                whole: Callable[[], Awaitable[None]]) -> None:
     """Terminate one stolen connection's TLS and route (steal) or copy (mirror) it.
-    ``conn`` stays the caller's (a duplicate is taken over)."""
+    A connection that does not open with a TLS handshake record (plain HTTP to the
+    HTTPS port, or a silent client) goes to the application whole (``whole``), which
+    answers it as it would without tether. ``conn`` stays the caller's (a duplicate is
+    taken over)."""
+    first = await _first_byte(conn, FIRST_BYTE_TIMEOUT)
+    if first == b"":
+        return
+    if first != b"\x16":
+        log.debug("%s: not a TLS handshake; the application gets it whole", name)
+        await whole()
+        return
     try:
         hs = await accept(port, conn.dup())
     except (ssl.SSLError, OSError, TimeoutError) as exc:

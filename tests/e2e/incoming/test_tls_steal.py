@@ -5,6 +5,7 @@ nginx's answer over TLS, with the same certificate as without tether."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -158,3 +159,28 @@ def test_a_port_not_served_with_tls_is_refused_by_name(pod_factory, session, tmp
     assert s.proc.wait(20) != 0
     assert ("tls_steal.ports[0].port: port 8443 of the target does not answer with TLS"
             in s.output), s.output
+
+
+def test_plain_http_to_the_stolen_https_port_gets_the_applications_own_answer(
+        pod_factory, session, certs, tmp_path):
+    target = nginx_target(pod_factory, certs, tmp_path)
+    ca = certs.write_ca(tmp_path)
+    session(target, tls_config({**MINE, "tls_delivery": {"protocol": "tcp"}}))
+    res = subprocess.run(["curl", "-sS", "-m", "5", "-H", "x-dev: me",
+                          f"http://{target.ip}:{TLS_PORT}/"], capture_output=True, text=True)
+    assert "The plain HTTP request was sent to HTTPS port" in res.stdout, res
+    assert curl(target, ca, "/after", "-H", "x-dev: me") == "mine /after via http/1.1\n [1.1]"
+
+
+def test_an_application_without_http2_is_never_spoken_to_in_http2(pod_factory, session,
+                                                                   certs, tmp_path):
+    """The agent offers clients only the ALPN protocols the application accepts, so an
+    HTTP/2 client falls back to HTTP/1.1 exactly as it would talking to the app."""
+    target = pod_factory("h1only", files={CERT: certs.cert, KEY: certs.key},
+                         cmd=[sys.executable, TOYS, "http", str(TLS_PORT), "target", CERT, KEY,
+                              "http/1.1"])
+    target.wait_port(TLS_PORT)
+    ca = certs.write_ca(tmp_path)
+    session(target, tls_config({**MINE, "tls_delivery": {"protocol": "tcp"}}))
+    assert curl(target, ca, "/h", http2=True) == "target /h via http/1.1+tls\n [1.1]"
+    assert curl(target, ca, "/h", "-H", "x-dev: me", http2=True) == "mine /h via http/1.1\n [1.1]"

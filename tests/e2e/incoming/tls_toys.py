@@ -1,6 +1,6 @@
 """Servers and clients for the HTTPS scenes (tests/e2e/incoming/test_tls_steal.py).
 
-``python tls_toys.py http PORT NAME [CERT KEY]``: answers every HTTP/1.1 or HTTP/2 request
+``python tls_toys.py http PORT NAME [CERT KEY [ALPN,...]]``: answers every HTTP/1.1 or HTTP/2 request
 (ALPN, or the h2 preface on a plain socket) with ``NAME PATH via PROTO`` (PROTO: http/1.1
 or h2, plus ``+tls`` over TLS). With CERT and KEY (paths, read the way any program reads
 them: a local program under tether reads the target's files) it serves TLS.
@@ -103,12 +103,13 @@ async def serve_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         writer.close()
 
 
-async def main_http(port: int, name: str, cert: str | None, key: str | None) -> None:
+async def main_http(port: int, name: str, cert: str | None, key: str | None,
+                    alpn: str = "h2,http/1.1") -> None:
     ctx = None
     if cert and key:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(cert, key)
-        ctx.set_alpn_protocols(["h2", "http/1.1"])
+        ctx.set_alpn_protocols(alpn.split(","))
     server = await asyncio.start_server(lambda r, w: serve_conn(r, w, name), "0.0.0.0", port,
                                         ssl=ctx)
     print(f"{name} listening on {port}", flush=True)
@@ -146,4 +147,4 @@ if __name__ == "__main__":
     if kind == "grpc":
         main_grpc(int(port_text), who, cert_path, key_path)
     else:
-        asyncio.run(main_http(int(port_text), who, cert_path, key_path))
+        asyncio.run(main_http(int(port_text), who, cert_path, key_path, *sys.argv[6:7]))
