@@ -55,6 +55,7 @@ log = logging.getLogger("tether.agent.incoming")
 READ_SIZE = 262144
 MIRROR_BACKLOG = 4 << 20  # bytes a slow developer may lag behind before its copy stops
 MAX_WINDOW = 2**31 - 1
+LINGER = 10.0  # seconds a copy may take to finish after its client connection ended
 
 Opener = Callable[[], Awaitable[socket.socket | None]]
 
@@ -106,6 +107,10 @@ class _Copy:
     def answers(self, data: bytes) -> None:
         """What the developer sent back (dropped; subclasses read it)."""
 
+    def drained(self) -> bool:
+        """Everything the client sent has reached the developer's socket."""
+        return not self.backlog
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         sock = await self.open_dev()
@@ -114,15 +119,24 @@ class _Copy:
             return
         self.sock = sock
         reader = loop.create_task(self._read_answers(sock))
+        deadline: float | None = None
         try:
             while True:
-                await self.wake.wait()
+                if self.eof and deadline is None:
+                    deadline = loop.time() + LINGER
+                timeout = None if deadline is None else max(0.0, deadline - loop.time())
+                try:
+                    await asyncio.wait_for(self.wake.wait(), timeout)
+                except TimeoutError:
+                    log.info("%s: the local program did not take the rest of the copy "
+                             "within %.0f s", self.name, LINGER)
+                    break
                 self.wake.clear()
                 while self.backlog and not self.dead:
                     data = self.backlog.popleft()
                     await loop.sock_sendall(sock, data)
                     self.size -= len(data)
-                if self.dead or (self.eof and not self.backlog):
+                if self.dead or (self.eof and self.drained()):
                     break
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_WR)
@@ -193,6 +207,10 @@ class _H2Copy(_Copy):
             with contextlib.suppress(h2.exceptions.H2Error):
                 self.conn.reset_stream(ds, ErrorCodes.CANCEL)
             self._flush()
+
+    def drained(self) -> bool:
+        # Bodies may still wait for the program's window updates after the client left.
+        return not self.backlog and not any(self.pending.values()) and not self.ending
 
     def _flush(self) -> None:
         """Move waiting body bytes within the developer's windows, then hand the frames on."""
