@@ -55,6 +55,7 @@ log = logging.getLogger("tether.agent.incoming")
 
 HANDSHAKE_TIMEOUT = 10.0
 FIRST_BYTE_TIMEOUT = 3.0
+PUMP_BUFFER = 256 * 1024
 PROBE_TIMEOUT = 3.0
 MAX_PEM = 1 << 20
 DEFAULT_ALPN = ("h2", "http/1.1")
@@ -387,6 +388,11 @@ async def _wrap(raw: socket.socket, ctx: ssl.SSLContext, *, server: bool,
         ours.close()
         theirs.close()
         raise
+    # Room for one router read (256 KiB) before the other side is paused: with asyncio's
+    # 64 KiB default a bulk transfer pauses and resumes the pump several times per read.
+    for half in (tls_half, plain_half):
+        assert half.transport is not None
+        half.transport.set_write_buffer_limits(high=PUMP_BUFFER)
     tls_half.attach(plain_half)
     plain_half.attach(tls_half)
     theirs.setblocking(False)
