@@ -207,16 +207,19 @@ class IncomingAgent:
             return ours
 
         try:
-            if sub is not None and sub.tls is not None and (
-                    mode == "mirror" or sub.matcher and sub.matcher.applies_to_port(dst[1])):
+            judged = sub is not None and sub.matcher is not None and sub.matcher.applies_to_port(
+                dst[1])
+            if sub is not None and sub.tls is not None and (mode == "mirror" or judged):
+                # A tls_steal port: decrypt, then route (steal) or copy (mirror).
                 from . import incoming_tls
 
                 async def route(plain: socket.socket, matcher: RequestMatcher, app: Any,
                                 dev: Any) -> None:
                     await Router(plain, matcher, app, dev, name).run()
 
-                await incoming_tls.serve(sub.tls, conn, mode, sub.matcher, open_app, open_dev,
-                                         name, route, lambda: self._to_app(conn, dst))
+                await incoming_tls.serve(sub.tls, conn, mode, sub.matcher if judged else None,
+                                         open_app, open_dev, name, route,
+                                         lambda: self._to_app(conn, dst))
                 return
             if sub is None or sub.mode != "steal":
                 await self._to_app(conn, dst)

@@ -184,3 +184,22 @@ def test_an_application_without_http2_is_never_spoken_to_in_http2(pod_factory, s
     session(target, tls_config({**MINE, "tls_delivery": {"protocol": "tcp"}}))
     assert curl(target, ca, "/h", http2=True) == "target /h via http/1.1+tls\n [1.1]"
     assert curl(target, ca, "/h", "-H", "x-dev: me", http2=True) == "mine /h via http/1.1\n [1.1]"
+
+
+def test_two_developers_share_one_https_target_each_with_their_filter(pod_factory, session,
+                                                                     certs, tmp_path):
+    """The newer agent passes what its filter does not take over TLS to the older one's
+    redirect, which decrypts and judges again."""
+    target = nginx_target(pod_factory, certs, tmp_path)
+    ca = certs.write_ca(tmp_path)
+    for name in ("alice", "bob"):
+        session(target, tls_config({"mode": "steal",
+                                    "http_filter": {"header_filter": f"^x-dev: {name}$"},
+                                    "tls_delivery": {"protocol": "tcp"}}),
+                argv=[sys.executable, TOYS, "http", str(TLS_PORT), name])
+    for http2, proto, version in ((False, "http/1.1", "1.1"), (True, "h2", "2")):
+        for who in ("alice", "bob"):
+            assert curl(target, ca, "/t", "-H", f"x-dev: {who}", http2=http2) == (
+                f"{who} /t via {proto}\n [{version}]")
+        assert curl(target, ca, "/t", "-H", "x-dev: carol", http2=http2) == (
+            f"{NGINX_ANSWER} [{version}]")
