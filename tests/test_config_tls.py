@@ -112,6 +112,9 @@ def test_mistakes_name_the_json_path(value: dict[str, Any], message: str) -> Non
      f"{P}.tls_steal: has no effect without http_filter: a stolen port is taken whole "
      "(its TLS goes to the local program untouched)"),
     ({"mode": "off", "tls_steal": {"ports": [ENTRY]}}, f"{P}.tls_steal: has no effect with mode off"),
+    ({"mode": "mirror", "shadow": True, "tls_steal": {"ports": [ENTRY]}},
+     f"{P}.shadow: tls_steal ports are mirrored without comparing answers (shadow covers "
+     "plain-text ports)"),
 ])
 def test_settings_without_effect_warn(value: dict[str, Any], warning: str) -> None:
     assert parse_config(incoming(value)).warnings == [warning]

@@ -1188,6 +1188,9 @@ def _incoming(ctx: _Ctx, value: Any, path: str) -> IncomingConfig:
             ctx.warn(_join(path, "tls_steal"),
                      "has no effect without http_filter: a stolen port is taken whole "
                      "(its TLS goes to the local program untouched)")
+    if kw.get("tls_steal") and kw.get("shadow"):
+        ctx.warn(_join(path, "shadow"), "tls_steal ports are mirrored without comparing "
+                                        "answers (shadow covers plain-text ports)")
     if "tls_delivery" in fields and "https_delivery" in fields:
         ctx.error(path, "set only one of tls_delivery, https_delivery (the same setting)")
     for key in ("tls_delivery", "https_delivery"):

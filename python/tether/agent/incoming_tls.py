@@ -439,12 +439,15 @@ def dev_opener(port: TlsPort, hs: Handshake, open_dev: Opener, name: str) -> Ope
             return None
         d = port.delivery
         try:
-            plain, _ = await _wrap(sock, port.dev_context(hs.alpn), server=False,
-                                   server_hostname=d.server_name or hs.sni)
+            plain, obj = await _wrap(sock, port.dev_context(hs.alpn), server=False,
+                                     server_hostname=d.server_name or hs.sni)
         except (ssl.SSLError, OSError, TimeoutError) as exc:
             # The request goes to the application instead (as when the program is gone).
             log.warning("%s: TLS to the local program failed: %s", name, exc)
             return None
+        if hs.alpn and obj.selected_alpn_protocol() != hs.alpn:
+            log.warning("%s: the local program did not accept %s over TLS (serve it, or set "
+                        "tls_delivery.protocol to tcp)", name, hs.alpn)
         return plain
     return open_tls_dev
 
