@@ -55,8 +55,8 @@ def _load(config_file: str | None, target: str | None, namespace: str | None) ->
         lines = "\n".join(f"  {p}" for p in exc.problems)
         where = f" in {exc.source}" if getattr(exc, "source", None) else ""
         raise click.ClickException(f"invalid configuration{where}:\n{lines}") from None
-    for warning in loaded.warnings:
-        log.warning("config: %s", warning)
+    for line in loaded.report():
+        log.warning("config: %s", line)
     return loaded
 
 
@@ -329,7 +329,8 @@ def verify_config(file: str, print_effective: bool) -> None:
         from .config import dump_effective
 
         click.echo(json.dumps(dump_effective(loaded.config), indent=2))
-    warned = f" ({len(loaded.warnings)} warnings)" if loaded.warnings else ""
+    report = loaded.report()
+    warned = f" ({len(report)} warning{'s' if len(report) > 1 else ''})" if report else ""
     click.echo(f"{file}: valid{warned}")
 
 

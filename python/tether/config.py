@@ -6,8 +6,8 @@ tether reads the incumbent's (mirrord's) JSON schema as it is, so a team's
 
 * acted on: parsed into the dataclasses below and used by tether;
 * accepted: part of mirrord's schema but not used by tether; it is type-checked
-  lightly and reported in `LoadedConfig.warnings` (`<path>: accepted but not
-  used by tether`);
+  lightly and listed in `LoadedConfig.unused`, which `report()` turns into one
+  line (`accepted, not used by tether: <path>, <path>`);
 * rejected: anything else (typos included), reported in `ConfigError` with a
   did-you-mean hint.
 
@@ -270,6 +270,15 @@ class LoadedConfig:
     config: Config
     warnings: list[str]
     source: str | None = None  # the file read, None for defaults / parse_config
+    unused: list[str] = field(default_factory=list)  # JSON paths accepted but not acted on
+
+    def report(self) -> list[str]:
+        """What to tell the user at start and in verify-config: every warning, and one
+        line naming every key tether accepted but does not act on."""
+        lines = list(self.warnings)
+        if self.unused:
+            lines.append("accepted, not used by tether: " + ", ".join(self.unused))
+        return lines
 
 
 # --------------------------------------------------------------------------
@@ -387,6 +396,7 @@ class _Ctx:
     def __init__(self) -> None:
         self.problems: list[str] = []
         self.warnings: list[str] = []
+        self.unused: list[str] = []
 
     def error(self, path: str, message: str) -> None:
         self.problems.append(f"{path or '<top level>'}: {message}")
@@ -582,7 +592,7 @@ def _fields(
         elif key in accepted:
             if item is not None:
                 accepted[key](ctx, item, key_path)
-                ctx.warn(key_path, "accepted but not used by tether")
+                ctx.unused.append(key_path)
         elif key == "$schema" and not path:
             continue  # editors' schema hint
         else:
@@ -1170,27 +1180,27 @@ _TOP_ACTED = (
 )
 
 
-def _warn_templates(ctx: _Ctx, value: Any, path: str) -> None:
-    """mirrord expands Tera templates ({{ ... }}); tether uses text as written."""
-    if isinstance(value, str):
-        if ("{{" in value and "}}" in value) or "{%" in value:
-            ctx.warn(
-                path,
-                "templates ({{ ... }}) are not expanded by tether; the text is used as written",
-            )
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            _warn_templates(ctx, item, _join(path, str(key)))
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            _warn_templates(ctx, item, f"{path}[{i}]")
+# Keys of the model that no part of tether reads yet: parsed and type-checked like the
+# others, and reported as accepted-but-unused instead of staying silently valid.
+_NOT_ACTED_ON = (
+    "agent.log_level",  # the agent logs at TETHER_LOG's level
+    "agent.communication_timeout",
+    "agent.annotations",
+)
+
+
+def _present(data: Any, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not isinstance(data, Mapping) or data.get(part) is None:
+            return False
+        data = data[part]
+    return True
 
 
 def parse_config(data: Mapping[str, Any]) -> LoadedConfig:
     """Validate already-decoded config data; raise ConfigError with every problem."""
     ctx = _Ctx()
     fields = _fields(ctx, data, "", _TOP_ACTED, _TOP_ACCEPTED) or {}
-    _warn_templates(ctx, data, "")
     kw: dict[str, Any] = {}
     if "target" in fields:
         kw["target"] = _target(ctx, fields["target"], "target")
@@ -1207,13 +1217,36 @@ def parse_config(data: Mapping[str, Any]) -> LoadedConfig:
     for key in ("kubeconfig", "kube_context"):
         if key in fields and (text := _str(ctx, fields[key], key)) is not None:
             kw[key] = text
+    ctx.unused += [p for p in _NOT_ACTED_ON if _present(data, p)]
     if ctx.problems:
         raise ConfigError(ctx.problems)
-    return LoadedConfig(config=Config(**kw), warnings=ctx.warnings)
+    return LoadedConfig(config=Config(**kw), warnings=ctx.warnings, unused=ctx.unused)
 
 
 # --------------------------------------------------------------------------
 # Reading files and merging command-line overrides
+
+
+def _drop_trailing_commas(text: str) -> str:
+    """``{"a": 1,}`` -> ``{"a": 1}``; commas inside strings are kept."""
+    out: list[str] = []
+    in_string = escaped = False
+    for i, c in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c == ",":
+            rest = text[i + 1:].lstrip()
+            if rest[:1] in ("}", "]"):
+                continue
+        out.append(c)
+    return "".join(out)
 
 
 def _decode(path: str, text: str) -> Any:
@@ -1242,6 +1275,10 @@ def _decode(path: str, text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
+        try:  # mirrord's own documented examples end objects with a trailing comma
+            return json.loads(_drop_trailing_commas(text))
+        except json.JSONDecodeError:
+            pass
         raise ConfigError(
             [
                 f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
@@ -1295,6 +1332,13 @@ def load_config(
             raise ConfigError(
                 [f"{path}: cannot read the config file: {reason}"], source=path
             ) from None
+        from .config_template import TemplateError, has_template, render
+
+        if has_template(text):
+            try:
+                text = render(text)
+            except TemplateError as exc:
+                raise ConfigError([f"{path}: {exc}"], source=path) from None
         data = _decode(path, text)
         if data is None:
             data = {}

@@ -3,7 +3,6 @@ whatever it is written in, while its own code and the machine's libraries stay l
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import sys
