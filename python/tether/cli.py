@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 import click
 
-from . import __version__, messages_session, protocol  # noqa: F401  (its messages)
+from . import __version__, cli_flags, messages_session, protocol  # noqa: F401  (its messages)
 from .config import Config, ConfigError, LoadedConfig, load_config
 from .targets import TargetError, effective_config, resolve_target
 
@@ -40,8 +40,9 @@ def setup_logging() -> None:
     root.propagate = False
 
 
-def _load(config_file: str | None, target: str | None, namespace: str | None) -> LoadedConfig:
-    overrides: dict[str, Any] = {}
+def _load(config_file: str | None, target: str | None, namespace: str | None,
+          flags: dict[str, Any] | None = None) -> LoadedConfig:
+    overrides: dict[str, Any] = cli_flags.overrides(flags) if flags else {}
     if target or namespace:
         tgt: dict[str, Any] = {}
         if target:
@@ -87,17 +88,21 @@ def main() -> None:
               help="What to act inside: process/<pid>, or a Kubernetes workload "
                    "(deployment/<name>, pod/<name>, ...). Overrides target.path.")
 @click.option("-n", "--target-namespace", help="Namespace of the target (Kubernetes).")
+@cli_flags.exec_options
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_command(config_file: str | None, target: str | None, target_namespace: str | None,
-                 command: tuple[str, ...]) -> None:
+                 command: tuple[str, ...], **flags: Any) -> None:
     """Run COMMAND with the target's context.
 
     COMMAND replaces tether once the session is ready, so its exit status, signals and
     terminal are its own. Put `--` before COMMAND when it has options of its own:
 
         tether exec -t process/4242 -- python app.py --port 8080
+
+    The flags of `mirrord exec` work here with the same meaning, and a flag overrides the
+    config file.
     """
-    loaded = _load(config_file, target, target_namespace)
+    loaded = _load(config_file, target, target_namespace, flags)
     config = loaded.config
     try:
         tgt = resolve_target(config.target.path, config.target.namespace, config)

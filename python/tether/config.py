@@ -1295,11 +1295,22 @@ _SHORT_FORMS: dict[tuple[str, ...], str] = {
 }
 
 
+# Sections written as a boolean, as the object they stand for (for the same reason).
+_BOOL_FORMS: dict[tuple[str, ...], Callable[[bool], dict[str, Any]]] = {
+    ("feature", "network", "outgoing"): lambda b: {"tcp": b, "udp": b},
+    ("feature", "network", "dns"): lambda b: {"enabled": b},
+    ("feature", "network", "incoming"): lambda b: {"mode": "mirror" if b else "off"},
+    ("feature", "fs"): lambda b: {"mode": "read" if b else "local"},
+}
+
+
 def _merge(base: Any, override: Any, where: tuple[str, ...] = ()) -> Any:
     if not isinstance(override, Mapping):
         return override
     if isinstance(base, str) and where in _SHORT_FORMS:
         base = {_SHORT_FORMS[where]: base}
+    if isinstance(base, bool) and where in _BOOL_FORMS:
+        base = _BOOL_FORMS[where](base)
     if not isinstance(base, Mapping):
         base = {}
     merged = dict(base)

@@ -154,3 +154,12 @@ def test_statfs_describes_the_targets_file_system(tether, app, mode):
     res = tether(app.pod, ["node", "-e", js], config={"feature": {"fs": mode}})
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "1021994"  # TMPFS_MAGIC
+
+
+def test_fs_mode_flag_overrides_the_config_file(tether, app, fsprobe):
+    """`mirrord exec --fs-mode` sets the file mode whatever the config file says."""
+    res = tether(app.pod, [fsprobe, "cat", app.conf], config=WRITE, args=["--fs-mode", "local"])
+    assert res.stdout == "local copy\n", res.stderr
+    res = tether(app.pod, [fsprobe, "cat", app.conf], config={"feature": {"fs": "local"}},
+                 args=["--fs-mode", "read"])
+    assert res.stdout == "remote copy\n", res.stderr
