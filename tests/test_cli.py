@@ -28,6 +28,15 @@ def test_help_is_enough_to_start(command):
     assert "Usage:" in res.stdout
     if command == ["exec"]:
         assert "--config-file" in res.stdout and "process/<pid>" in res.stdout
+        for flag in ("--steal", "--fs-mode", "-s, --override-env-vars-include",
+                     "-x, --override-env-vars-exclude", "--env-file", "--no-outgoing",
+                     "--no-udp-outgoing", "--no-remote-dns", "-p, --port-mapping",
+                     "-a, --agent-namespace", "-i, --agent-image", "-e, --ephemeral-container",
+                     "-c, --accept-invalid-certificates"):
+            assert flag in res.stdout
+    if command == []:  # every feature has landed: the overview says what it does
+        assert "as features land" not in res.stdout
+        assert "incoming traffic" in res.stdout and "files" in res.stdout
 
 
 @pytest.mark.parametrize("name", ["mirror.json", "steal.json", "filter.json"])

@@ -1,6 +1,7 @@
 """The ``tether`` command line.
 
-    tether exec [-f FILE] [-t TARGET] [-n NS] -- CMD ARGS...
+    tether exec [-f FILE] [-t TARGET] [-n NS] [mirrord exec flags] -- CMD ARGS...
+    tether port-forward [-f FILE] [-t TARGET] -L [LOCAL:]HOST:PORT ...
     tether verify-config FILE
     tether ls [-n NS] [--json]
     tether --version
@@ -66,12 +67,16 @@ def _load(config_file: str | None, target: str | None, namespace: str | None,
 def main() -> None:
     """Run a local program as if it were inside a remote target.
 
-    The program gets the target's environment variables (and, as features land, its
-    files, DNS, outgoing network and incoming traffic).  Start with:
+    The program gets the target's environment variables, files, DNS and outgoing
+    network, and the target's incoming traffic is mirrored or stolen to it (optionally
+    per HTTP request).  Start with:
 
         tether exec --target process/<pid> -- ./my-app
 
+        tether exec -t deployment/silly-demo -n staging --steal -- python app.py
+
     or put the target in .tether/tether.json and run `tether exec -- ./my-app`.
+    mirrord's config files and `mirrord exec` flags work as they are.
     Set TETHER_LOG=debug for a detailed log.
     """
     setup_logging()
@@ -296,22 +301,26 @@ def demo() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list (for IDEs).")
 def ls_command(namespace: str | None, config_file: str | None, as_json: bool) -> None:
     """List the Kubernetes targets of a namespace (deployment/..., pod/..., ...)."""
+    import json
+
     from .targets.kube_api import KubeApi
     from .targets.kube_list import list_targets
 
-    config = _load(config_file, None, None).config
-    api = KubeApi(config.kubeconfig, config.kube_context, config.accept_invalid_certificates)
     try:
+        config = _load(config_file, None, None).config
+        api = KubeApi(config.kubeconfig, config.kube_context, config.accept_invalid_certificates)
         ns = namespace or config.target.namespace
         if not ns:
             api.client()
             ns = api.default_namespace
         targets = list_targets(api, ns)
-    except TargetError as exc:
-        raise click.ClickException(str(exc)) from None
+    except (TargetError, click.ClickException) as exc:
+        message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+        if as_json:  # an editor plugin reads stdout: give it an object it can show
+            click.echo(json.dumps({"error": message}))
+            raise SystemExit(1) from None
+        raise click.ClickException(message) from None
     if as_json:
-        import json
-
         click.echo(json.dumps(targets))
     else:
         for target in targets:
