@@ -327,6 +327,53 @@ def ls_command(namespace: str | None, config_file: str | None, as_json: bool) ->
             click.echo(target)
 
 
+@main.command("port-forward")
+@click.option("-f", "--config-file", type=click.Path(dir_okay=False),
+              help="Config file (its target and agent settings are used).")
+@click.option("-t", "--target", "target", help="Where connections are made from (as for exec).")
+@click.option("-n", "--target-namespace", help="Namespace of the target (Kubernetes).")
+@click.option("-L", "--port-mapping", "mappings", multiple=True, required=True,
+              metavar="[LOCAL_PORT:]HOST:PORT",
+              help="Connections to 127.0.0.1:LOCAL_PORT are made to HOST:PORT from the target "
+                   "(HOST resolved there, at each connection). Repeatable.")
+@cli_flags.port_forward_options
+def port_forward_command(config_file: str | None, target: str | None,
+                         target_namespace: str | None, mappings: tuple[str, ...],
+                         **flags: Any) -> None:
+    """Reach hosts as the target sees them, from programs not run under tether.
+
+        tether port-forward -t deployment/silly-demo -n staging -L 5432:db:5432
+
+    then `psql -h 127.0.0.1` talks to the database the target talks to. Runs until Ctrl-C.
+    """
+    from .port_forward import parse_mapping
+
+    try:
+        parsed = [parse_mapping(m) for m in mappings]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="-L") from None
+    config = _load(config_file, target, target_namespace, flags).config
+    try:
+        tgt = resolve_target(config.target.path, config.target.namespace, config)
+        tgt.check()
+        config = effective_config(tgt, config)
+    except TargetError as exc:
+        raise click.ClickException(str(exc)) from None
+    import asyncio
+
+    from .orchestrator import Orchestrator
+    from .port_forward import run
+
+    orch = Orchestrator(config=config, target=tgt, local_env=dict(os.environ), cwd=os.getcwd(),
+                        layer_so=layer_path())
+    try:
+        reason = asyncio.run(run(orch, parsed))
+    except (TargetError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if reason:
+        raise click.ClickException(reason)
+
+
 @main.command("verify-config")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--print", "print_effective", is_flag=True,

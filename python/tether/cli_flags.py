@@ -100,6 +100,20 @@ def exec_options(func: F) -> F:
     return func
 
 
+# mirrord's port-forward takes the agent and cluster flags of exec (``AgentParams``, -c,
+# --context), not the ones about a program.
+PORT_FORWARD = ("agent_namespace", "agent_image", "agent_ttl", "agent_startup_timeout",
+                "ephemeral_container", "accept_invalid_certificates", "context")
+
+
+def port_forward_options(func: F) -> F:
+    """Decorate a click command with the agent and cluster flags of mirrord port-forward."""
+    for decls, kwargs in reversed(_OPTIONS):
+        if decls[-1].lstrip("-").replace("-", "_") in PORT_FORWARD:
+            func = click.option(*decls, **kwargs)(func)
+    return func
+
+
 def pop_flags(params: dict[str, Any]) -> dict[str, Any]:
     """Take the mirrord flags out of a click command's keyword arguments."""
     return {name: params.pop(name, None) for name in NAMES}
