@@ -92,7 +92,7 @@ class PortForwarder:
             sock.listen(128)
             sock.setblocking(False)
             self.listeners.append(sock)
-        for m, sock in zip(self.mappings, self.listeners):
+        for m, sock in zip(self.mappings, self.listeners, strict=True):
             self.tasks.add(asyncio.create_task(self._accept(m, sock)))
 
     async def _accept(self, m: Mapping, listener: socket.socket) -> None:
