@@ -861,3 +861,31 @@ def test_templates_tether_cannot_render_fail_with_one_line(tmp_path: Path, text:
         load_config(str(path))
     (problem,) = info.value.problems
     assert problem.startswith(f"{path}: line 1: ") and says in problem
+
+
+def network(value: Any) -> dict[str, Any]:
+    return {"feature": {"network": value}}
+
+
+def test_ipv6_false_keeps_outgoing_ipv6_local_through_the_filter() -> None:
+    """mirrord leaves IPv6 alone unless `feature.network.ipv6` is on; tether handles it
+    unless the key is false, which becomes a `local` ::/0 filter entry."""
+    out = parse_config(network({"ipv6": False})).config.feature.network.outgoing
+    assert out.filter is not None and out.filter.kind == "local"
+    assert [e.raw for e in out.filter.entries] == ["::/0"]
+    out = parse_config(network({"ipv6": False, "outgoing": {"filter": {
+        "local": ["10.0.0.0/8"]}}})).config.feature.network.outgoing
+    assert [e.raw for e in out.filter.entries] == ["10.0.0.0/8", "::/0"]
+    out = parse_config(network({"ipv6": False, "outgoing": {"filter": {
+        "remote": ["10.0.0.0/8", "fd00::/8", "db"]}}})).config.feature.network.outgoing
+    assert [e.raw for e in out.filter.entries] == ["10.0.0.0/8", "db"]
+    assert parse_config(network({"ipv6": True})).config.feature.network.outgoing.filter is None
+    cfg = parse_config(network({"ipv6": False})).config
+    assert parse_config(dump_effective(cfg)).config == cfg
+
+
+@pytest.mark.parametrize(("value", "on"), [("remote", True), ("local", False)])
+def test_outgoing_as_remote_or_local_string(value: str, on: bool) -> None:
+    """mirrord's reference also writes `"outgoing": "remote"` / `"local"`."""
+    out = parse_config(network({"outgoing": value})).config.feature.network.outgoing
+    assert (out.tcp, out.udp) == (on, on)

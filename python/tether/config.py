@@ -241,7 +241,9 @@ class NetworkConfig:
     incoming: IncomingConfig = field(default_factory=IncomingConfig)
     outgoing: OutgoingConfig = field(default_factory=OutgoingConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
-    ipv6: bool = False
+    # None: tether handles IPv6 like IPv4 (mirrord needs ipv6: true for that); False:
+    # IPv6 connections stay on this machine, as in mirrord by default (see _no_ipv6).
+    ipv6: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -1058,6 +1060,9 @@ def _traffic_filter(
 def _outgoing(ctx: _Ctx, value: Any, path: str) -> OutgoingConfig:
     if isinstance(value, bool):
         return OutgoingConfig(tcp=value, udp=value)
+    if isinstance(value, str):  # mirrord's newer short form
+        side = _enum(ctx, value, path, ("remote", "local"))
+        return OutgoingConfig(tcp=side != "local", udp=side != "local")
     acted = ("tcp", "udp", "ignore_localhost", "unix_streams", "filter")
     fields = _fields(ctx, value, path, acted) or {}
     kw: dict[str, Any] = {}
@@ -1117,7 +1122,28 @@ def _network(ctx: _Ctx, value: Any, path: str) -> NetworkConfig:
         and (got := _bool(ctx, fields["ipv6"], _join(path, "ipv6"))) is not None
     ):
         kw["ipv6"] = got
+        if got is False:
+            kw["outgoing"] = _no_ipv6(kw.get("outgoing", OutgoingConfig()))
     return NetworkConfig(**kw)
+
+
+_ANY_V6 = AddressFilter(raw="::/0", network=ipaddress.ip_network("::/0"))
+
+
+def _no_ipv6(out: OutgoingConfig) -> OutgoingConfig:
+    """`ipv6: false`: outgoing IPv6 stays local, written as an outgoing filter so the
+    layer's one decision table applies it (a `local` filter gains ::/0; a `remote` one
+    loses its IPv6 entries; no filter becomes `local: ::/0`)."""
+    flt = out.filter
+    if flt is None:
+        flt = TrafficFilter("local", (_ANY_V6,))
+    elif flt.kind == "local":
+        if _ANY_V6 not in flt.entries:
+            flt = TrafficFilter("local", (*flt.entries, _ANY_V6))
+    else:
+        flt = TrafficFilter("remote", tuple(e for e in flt.entries
+                                            if e.network is None or e.network.version == 4))
+    return dataclasses.replace(out, filter=flt)
 
 
 _FEATURE_ACCEPTED: dict[str, _Check] = {
