@@ -256,7 +256,7 @@ class Orchestrator:
                     del waits[program]
                     if lifetime.hung_up(liveness):
                         return ""
-                    self._announce_background()
+                    await self._announce_background(liveness)
                     continue
                 first = next(iter(done))
                 return waits[first](first.result())
@@ -264,8 +264,14 @@ class Orchestrator:
             for task in waits:
                 task.cancel()
 
-    def _announce_background(self) -> None:
-        procs = lifetime.holders(self._liveness_inode, exclude=(os.getpid(),))
+    async def _announce_background(self, liveness: int) -> None:
+        # A daemon's intermediate process may exit while we look (the scan sees the pids
+        # that existed when it began): look again until we see a holder or none is left.
+        for _ in range(50):
+            procs = lifetime.holders(self._liveness_inode, exclude=(os.getpid(),))
+            if procs or lifetime.hung_up(liveness):
+                break
+            await asyncio.sleep(0.01)
         if procs:
             log.info("%s exited; %s of its processes keep the session open in the "
                      "background, with the target's context, until the last of them exits: "

@@ -78,6 +78,42 @@ def prepare_target(config: Any) -> tuple[Any, Any]:
     return effective_config(tgt, config), tgt
 
 
+OPTIONS = {"-f": "config_file", "--config-file": "config_file", "-t": "target",
+           "--target": "target", "-n": "namespace", "--target-namespace": "namespace"}
+
+
+def fast_exec_args(argv: list[str]) -> tuple[dict[str, str], list[str]] | None:
+    """Options and command of a plain ``tether exec``; None for anything click should see."""
+    if not argv or argv[0] != "exec":
+        return None
+    opts: dict[str, str] = {}
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            i += 1
+            break
+        if not arg.startswith("-") or arg == "-":
+            break
+        name, eq, value = arg.partition("=")
+        if name not in OPTIONS or (eq and not name.startswith("--")):
+            return None  # -fFILE, -f=FILE, --help, options added later: click's parsing
+        if not eq:
+            if i + 1 >= len(argv):
+                return None
+            value = argv[i + 1]
+            i += 1
+        opts[OPTIONS[name]] = value
+        i += 1
+    command = argv[i:]
+    if not command:
+        return None
+    config_file = opts.get("config_file")
+    if config_file is not None and os.path.isdir(config_file):
+        return None  # click's own message for it
+    return opts, command
+
+
 def setup_logging() -> None:
     import logging
 
