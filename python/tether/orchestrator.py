@@ -83,6 +83,8 @@ class Orchestrator:
     command_name: str = "the program"
     _program_pid: int = 0
     _liveness_inode: int = 0
+    _finishing: asyncio.Task[None] | None = None
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
     # The command exited and daemons it started keep the session: we no longer hold the
     # terminal's pipes, and speak to the program through its processes' stderr.
     background: bool = False
@@ -94,7 +96,13 @@ class Orchestrator:
 
     # ---- start ----
     async def start(self) -> dict[str, str]:
-        """Start the agent and the layer server; return the program's environment."""
+        """Start the agent and the layer server; return the program's environment.
+
+        When the target gives its environment itself (a local process) and nothing in the
+        layer's configuration needs an answer of the agent, the environment is returned
+        before the agent has answered: the program starts while the agent finishes its
+        start-up, and layer sessions wait for it (``_on_layer``).  A failure after that
+        point ends the session like a lost agent does (``serve``)."""
         self.target.check()
         secret = self.agent_secret or secrets.token_hex(16)
         conn = await self.target.start_agent(secret, agent_log_level())
@@ -102,23 +110,24 @@ class Orchestrator:
         self._tasks.append(asyncio.create_task(self.agent.serve()))
         timeout = float(self.config.agent.startup_timeout)
         classes = feature_classes()  # imports: the agent starts up meanwhile
-        try:
-            hello = await self._agent_call(
-                {"t": "auth", "v": protocol.VERSION, "secret": secret}, timeout
-            )
-        except (TimeoutError, LinkClosed) as exc:
-            reason = await self._agent_failure_reason(exc)
-            raise TargetError(
-                f"the agent did not start in {self.target.describe()}: {reason}") from None
-        log.info("agent ready in %s (%s)", self.target.describe(), hello["agent"])
+        auth = asyncio.create_task(self._authenticate(secret, timeout))
+        self._tasks.append(auth)
+        environ = getattr(self.target, "environ", None)
+        early = environ is not None and not self._layer_config_needs_agent()
+        if not early:
+            await auth
         self.features = [cls(self) for cls in classes]
         for feature in self.features:
             self.layer_handlers.update(getattr(feature, "layer_handlers", dict)())
 
         remote_env: dict[str, str] = {}
         if self.config.feature.env.enabled:
-            reply = await self._agent_call({"t": "agent_env"}, timeout)
-            remote_env = dict(reply["env"])
+            if early:
+                assert environ is not None
+                remote_env = environ()
+            else:
+                reply = await self._agent_call({"t": "agent_env"}, timeout)
+                remote_env = dict(reply["env"])
         self.child_env = compute_env(self.local_env, remote_env, self.config.feature.env,
                                      cwd=self.cwd)
         log.debug("environment: %d variables from the target", len(remote_env))
@@ -133,13 +142,44 @@ class Orchestrator:
         self._server = await serve_unix(self.socket_path, self._on_layer)
         os.chmod(self.socket_path, 0o600)
 
+        self._finishing = asyncio.create_task(self._finish(auth))
+        self._tasks.append(self._finishing)
+        if not early:
+            await self._finishing
+        env = dict(self.child_env)
+        env.update(self.layer_variables())
+        return env
+
+    async def _authenticate(self, secret: str, timeout: float) -> None:
+        try:
+            hello = await self._agent_call(
+                {"t": "auth", "v": protocol.VERSION, "secret": secret}, timeout
+            )
+        except (TimeoutError, LinkClosed) as exc:
+            reason = await self._agent_failure_reason(exc)
+            raise TargetError(
+                f"the agent did not start in {self.target.describe()}: {reason}") from None
+        log.info("agent ready in %s (%s)", self.target.describe(), hello["agent"])
+
+    async def _finish(self, auth: asyncio.Task[None]) -> None:
+        """The rest of the start-up: the agent's answer, then the features' start."""
+        await auth
         for feature in self.features:
             start = getattr(feature, "start", None)
             if start is not None:
                 await start()
-        env = dict(self.child_env)
-        env.update(self.layer_variables())
-        return env
+        self._ready.set()
+
+    async def ready(self) -> None:
+        """Until the session is fully started; raises what made its start-up fail."""
+        assert self._finishing is not None
+        await asyncio.shield(self._finishing)
+
+    def _layer_config_needs_agent(self) -> bool:
+        """Host names in the outgoing filter become the addresses the agent resolves them
+        to (features/outgoing.py): the layer's table waits for the agent then."""
+        flt = self.config.feature.network.outgoing.filter
+        return flt is not None and any(getattr(e, "host", None) for e in flt.entries)
 
     async def _agent_failure_reason(self, exc: BaseException) -> str:
         failure = getattr(self.target, "agent_failure", None)
@@ -197,6 +237,7 @@ class Orchestrator:
 
     # ---- layer sessions ----
     async def _on_layer(self, sock: socket.socket) -> None:
+        await self._ready.wait()  # the program may start before the agent has answered
         link = Link(sock, {"hello": self._hello}, name="layer")
         await link.serve()
         session: LayerSession | None = link.state.get("session")
@@ -248,9 +289,20 @@ class Orchestrator:
             watch = getattr(feature, "watch", None)
             if watch is not None:
                 waits[asyncio.create_task(watch())] = lambda r: str(r)
+        finishing = asyncio.ensure_future(self.ready()) if self._finishing else None
+        if finishing is not None:
+            waits[finishing] = lambda _: ""
         try:
             while True:
                 done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if finishing in done:
+                    del waits[finishing]
+                    exc = finishing.exception()
+                    if exc is not None:
+                        return str(exc) or type(exc).__name__
+                    if len(done) == 1:
+                        continue
+                    done.discard(finishing)
                 if tree is not None and program in done and tree not in done:
                     # The command exited; the processes it started may keep the session.
                     del waits[program]

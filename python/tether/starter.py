@@ -282,7 +282,9 @@ def _hand_over_syscalls(chan: socket.socket, command: list[str], env: dict[str, 
         data = chan.recv(4096)
         if not data:
             raise ExecError("the tether orchestrator exited before the program started")
-        if list(decoder.feed(data)):
+        for msg in decoder.feed(data):
+            if msg["t"] == "session_failed":
+                raise ExecError(msg["message"])
             return
 
 
@@ -382,7 +384,14 @@ def _run_orchestrator(orch: Any, chan: socket.socket, parent_pid: int, live_r: i
         if not msg:  # tether exec ended between our ready and its exec
             await orch.stop()
             return 0
-        if fds:
+        if fds:  # a static program: its first system call needs the whole session
+            try:
+                await orch.ready()
+            except Exception as exc:
+                send({"t": "session_failed", "message": str(exc) or type(exc).__name__})
+                os.close(fds[0])
+                await orch.stop()
+                return 1
             orch.start_supervisor(fds[0])
             send({"t": "session_exec"})
         chan.close()

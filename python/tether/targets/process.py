@@ -147,6 +147,19 @@ class ProcessTarget:
             raise TargetError(
                 f"target process/{self.pid}: cannot be used: {exc.strerror}") from None
 
+    def environ(self) -> dict[str, str]:
+        """The target's environment, read here: the same file the agent would read, one
+        round trip (and the agent's start-up) off the program's start."""
+        from ..agent.server import read_environ
+
+        try:
+            return read_environ(self.pid)
+        except (FileNotFoundError, ProcessLookupError):
+            raise TargetError(f"target process {self.pid} has exited") from None
+        except PermissionError:
+            raise TargetError(f"cannot read the environment of process {self.pid}: "
+                              "permission denied") from None
+
     async def _pump_stderr(self, stream: asyncio.StreamReader) -> None:
         log = _log()
 
