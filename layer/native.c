@@ -16,6 +16,7 @@
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #ifndef SYS_pidfd_open
@@ -63,8 +64,35 @@ struct tether_notif {
     uint32_t pid;
     int32_t nr;
     uint64_t args[6];
-    char exe[512]; /* the caller's executable, for path calls only ("" otherwise) */
+    char exe[512];   /* the caller's executable, for path calls only ("" otherwise) */
+    char path[4096]; /* the path argument of a path call ("" if unreadable) */
 };
+
+/* A NUL-terminated string of another process, page by page (it may end just before an
+ * unmapped page).  Its length, or -1 if unreadable or longer than cap - 1. */
+static long read_string(pid_t pid, uint64_t addr, char *out, size_t cap) {
+    size_t got = 0;
+    while (got < cap - 1) {
+        size_t want = 4096 - (size_t)((addr + got) % 4096);
+        if (want > cap - 1 - got) want = cap - 1 - got;
+        struct iovec local = {out + got, want}, remote = {(void *)(uintptr_t)(addr + got), want};
+        ssize_t n = process_vm_readv(pid, &local, 1, &remote, 1, 0);
+        if (n <= 0) return -1;
+        char *nul = memchr(out + got, '\0', (size_t)n);
+        if (nul) return (long)(nul - out);
+        got += (size_t)n;
+    }
+    return -1;
+}
+
+/* Which argument of a path call is the path. */
+static int path_arg(int nr) {
+#ifdef SYS_open
+    if (nr == SYS_open || nr == SYS_stat || nr == SYS_lstat) return 0;
+#endif
+    (void)nr;
+    return 1; /* openat, newfstatat, statx */
+}
 
 static int tether_notif_respond(int fd, uint64_t id, int64_t val, int32_t error, uint32_t flags);
 
@@ -105,6 +133,7 @@ static int tether_notif_recv_program(int fd, struct tether_notif *out, const cha
         out->nr = req.data.nr;
         for (int i = 0; i < 6; i++) out->args[i] = req.data.args[i];
         out->exe[0] = '\0';
+        out->path[0] = '\0';
         if (!is_path_call(req.data.nr)) return 0;
         snprintf(proc, sizeof proc, "/proc/%u/exe", req.pid);
         ssize_t n = readlink(proc, out->exe, sizeof out->exe - 1);
@@ -113,8 +142,12 @@ static int tether_notif_recv_program(int fd, struct tether_notif *out, const cha
         const char *base = strrchr(out->exe, '/');
         base = base ? base + 1 : out->exe;
         if (!in_names(base, skip_names) && !in_names(out->exe, skip_exes) &&
-            !strstr(out->exe, "/pkg/tool/"))
+            !strstr(out->exe, "/pkg/tool/")) {
+            if (read_string((pid_t)req.pid, req.data.args[path_arg(req.data.nr)], out->path,
+                            sizeof out->path) < 0)
+                out->path[0] = '\0';
             return 0;
+        }
         tether_notif_respond(fd, req.id, 0, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE);
     }
 }
@@ -131,6 +164,22 @@ static int tether_notif_respond(int fd, uint64_t id, int64_t val, int32_t error,
 
 static int tether_notif_id_valid(int fd, uint64_t id) {
     return ioctl(fd, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) ? -errno : 0;
+}
+
+#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
+#define SECCOMP_IOCTL_NOTIF_SET_FLAGS _IOW('!', 4, uint64_t)
+#endif
+#ifndef SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
+#define SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP 1
+#endif
+
+/* Linux >= 6.6: the supervisor's thread runs on the trapped thread's CPU as it blocks,
+ * and the answer wakes that thread the same way, instead of two cross-CPU wake-ups per
+ * trapped call.  0, or -errno on older kernels (harmless: only slower). */
+static int tether_notif_sync_wakeup(int fd) {
+    return ioctl(fd, SECCOMP_IOCTL_NOTIF_SET_FLAGS, (uint64_t)SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP)
+               ? -errno
+               : 0;
 }
 
 /* Put srcfd into the trapped process at number newfd (SETFD) or any free number. */

@@ -145,7 +145,9 @@ class Supervisor:
         self._program_configs: dict[str, str] = {}
 
     def start(self) -> None:
-        log.debug("seccomp supervisor started")
+        sync = self.lib.tether_notif_sync_wakeup(self.listener)
+        log.debug("seccomp supervisor started%s", "" if sync == 0 else
+                  f" (no synchronous wake-up: {os.strerror(-sync)})")
         self._thread.start()
 
     def stop(self) -> None:
@@ -173,8 +175,9 @@ class Supervisor:
             nid, tid, nr = int(notif.id), int(notif.pid), int(notif.nr)
             if _SYSCALL_NAMES.get(nr) in PATH_CALLS:
                 exe = os.fsdecode(self.ffi.string(notif.exe))
+                raw = self.ffi.string(notif.path)
                 try:
-                    call = self._path_call(nid, tid, nr, args, exe)
+                    call = self._path_call(nid, tid, nr, args, exe, raw)
                 except (ProcessLookupError, FileNotFoundError):
                     continue  # the caller is gone
                 except Exception:
@@ -216,8 +219,8 @@ class Supervisor:
             config = self._program_configs[exe] = program_config(self._config.decode(), exe)
         return config
 
-    def _path_call(self, nid: int, tid: int, nr: int, args: tuple[int, ...],
-                   exe: str) -> PathCall | None:
+    def _path_call(self, nid: int, tid: int, nr: int, args: tuple[int, ...], exe: str,
+                   raw: bytes) -> PathCall | None:
         """Answer a path call that stays local (or fails) at once; return the remote ones."""
         name = _SYSCALL_NAMES[nr]
         config = self._program_config(exe) if self._paths_on and exe else None
@@ -229,25 +232,24 @@ class Supervisor:
             return None
         dirfd, flags, mode, buf, follow = AT_FDCWD, 0, 0, 0, True
         if name == "openat":
-            dirfd, ptr, flags, mode = _int32(args[0]), args[1], args[2] & 0xFFFFFFFF, args[3]
+            dirfd, flags, mode = _int32(args[0]), args[2] & 0xFFFFFFFF, args[3]
         elif name == "open":
-            ptr, flags, mode = args[0], args[1] & 0xFFFFFFFF, args[2]
+            flags, mode = args[1] & 0xFFFFFFFF, args[2]
         elif name == "newfstatat":
-            dirfd, ptr, buf = _int32(args[0]), args[1], args[2]
+            dirfd, buf = _int32(args[0]), args[2]
             follow = not args[3] & AT_SYMLINK_NOFOLLOW
             if args[3] & AT_EMPTY_PATH:
                 self._continue(nid)  # fstat of a descriptor: native
                 return None
         elif name == "statx":
-            dirfd, ptr, buf = _int32(args[0]), args[1], args[4]
+            dirfd, buf = _int32(args[0]), args[4]
             follow = not args[2] & AT_SYMLINK_NOFOLLOW
             if args[2] & AT_EMPTY_PATH:
                 self._continue(nid)
                 return None
         else:  # stat, lstat
-            ptr, buf, follow = args[0], args[1], name == "stat"
-        raw = _read_string(tid, ptr)
-        if not self._valid(nid):
+            buf, follow = args[1], name == "stat"
+        if not self._valid(nid):  # the path was read from a process that still waits
             return None
         if not raw:
             self._continue(nid)
@@ -603,26 +605,6 @@ class PathCall:
 def _int32(value: int) -> int:
     value &= 0xFFFFFFFF
     return value - (1 << 32) if value & 0x80000000 else value
-
-
-def _read_string(tid: int, ptr: int, cap: int = 4096) -> bytes:
-    """A NUL-terminated string of the program's memory (read page by page: it may end
-    just before an unmapped page)."""
-    out = b""
-    with open(f"/proc/{tid}/mem", "rb", buffering=0) as mem:
-        while len(out) < cap:
-            want = 4096 - (ptr + len(out)) % 4096
-            try:
-                chunk = os.pread(mem.fileno(), want, ptr + len(out))
-            except OSError:
-                break
-            if not chunk:
-                break
-            end = chunk.find(b"\0")
-            if end >= 0:
-                return out + chunk[:end]
-            out += chunk
-    return out[:cap]
 
 
 def _normalize(path: str) -> str:

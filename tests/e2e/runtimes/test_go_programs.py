@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from runtimes_support import GOPROBE, go_env
 
+pytestmark = pytest.mark.e2e
+
 # A relayed session: what a Kubernetes target's link (no descriptor passing) does.
 RELAYED = {"TETHER_OUTGOING_RELAY": "1", "TETHER_FS_RELAY": "1"}
 

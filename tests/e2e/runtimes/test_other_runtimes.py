@@ -12,6 +12,8 @@ import urllib.request
 import pytest
 from e2e_support import BackgroundTether
 
+pytestmark = pytest.mark.e2e
+
 TARGET_APP = (
     "import http.server\n"
     "class H(http.server.BaseHTTPRequestHandler):\n"
