@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import (
+    limits,
     messages_incoming,  # noqa: F401  (registers the message types)
     relay,
 )
@@ -79,6 +80,8 @@ class Feature:
         self.stats = {"conns": 0, "refused": 0}
         self._fatal: asyncio.Future[str] | None = None
         self._lock = asyncio.Lock()
+        if self.cfg.mode != "off":  # a descriptor or two per relayed connection
+            limits.raise_nofile_limit()
         # Shadow testing (mirror only): compare the target's answers with the program's.
         self.shadow = None
         if self.cfg.mode == "mirror" and self.cfg.shadow:

@@ -4,9 +4,14 @@ redirect rule is left in its network namespace. Two sessions never break each ot
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import resource
 import signal
+import socket
 import time
+from collections.abc import Iterator
 
 import pytest
 from incoming_support import (
@@ -105,3 +110,113 @@ def test_two_sessions_on_one_target_do_not_break_each_other(target, session):
     a.stop()
     target_answers_within(target, 2)
     assert "tether" not in nft_rules(target)
+
+
+# ---- exhaustion ----------------------------------------------------------------------
+
+HEADER = {"mode": "steal", "http_filter": {"header_filter": r"^x-user: me$"}}
+
+
+@contextlib.contextmanager
+def soft_descriptor_limit(limit: int) -> Iterator[None]:
+    """Processes started inside get the usual soft limit (ours stays as it was after)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def agent_listen_port(target) -> int:
+    found = re.search(r"8080 : (\d+)", nft_rules(target))
+    assert found, nft_rules(target)
+    return int(found.group(1))
+
+
+def stolen_connections(target, lport: int) -> int:
+    out = target.exec(["ss", "-Htn", "state", "established", f"sport = :{lport}"]).stdout
+    return len(out.splitlines())
+
+
+def idle_clients(target, n: int) -> list[socket.socket]:
+    clients = []
+    for _ in range(n):
+        c = socket.create_connection((target.ip, PORT), timeout=5)
+        clients.append(c)
+    return clients
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"no {what} after {timeout}s"
+        time.sleep(0.05)
+
+
+def test_a_thousand_idle_clients_at_the_usual_soft_limit_leave_the_port_working(target, session):
+    # The agent and the orchestrator start with a soft limit of 1,024 and raise it
+    # themselves: 1,100 silent clients are all accepted, and the developer's requests and
+    # everyone else's still get through.
+    with soft_descriptor_limit(1024):
+        s = session(target, HEADER)
+    lport = agent_listen_port(target)
+    clients = idle_clients(target, 1100)
+    try:
+        wait_until(lambda: stolen_connections(target, lport) >= 1100, 20,
+                   "1,100 accepted connections")
+        assert curl(target, "/", "-H", "x-user: me") == LOCAL_ANSWER
+        assert curl(target, "/") == TARGET_ANSWER
+        agent = s.agent_pid()
+        assert resource.prlimit(agent, resource.RLIMIT_NOFILE)[0] > 1100
+        assert resource.prlimit(s.orchestrator_pid(), resource.RLIMIT_NOFILE)[0] > 1100
+    finally:
+        for c in clients:
+            c.close()
+    assert s.proc.poll() is None
+
+
+def test_when_descriptors_run_out_the_agent_sheds_and_recovers(target, session):
+    # A hard limit that cannot be raised: the agent runs out of descriptors. It sheds new
+    # connections instead of leaving them hanging, keeps accepting, and once the idle
+    # clients are gone the port works again, for the developer and for everyone else.
+    s = session(target, HEADER)
+    for pid in (s.agent_pid(), s.orchestrator_pid()):
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (512, 512))
+    clients = []
+    try:
+        for _ in range(700):
+            try:
+                c = socket.create_connection((target.ip, PORT), timeout=5)
+            except OSError:
+                continue
+            clients.append(c)
+        s.wait_for("shedding new connections")
+    finally:
+        for c in clients:
+            c.close()
+    wait_until(lambda: curl_ok(target, "/", "-H", "x-user: me") == LOCAL_ANSWER, 5,
+               "answer from the developer after the idle clients left")
+    assert curl(target, "/") == TARGET_ANSWER
+    assert s.proc.poll() is None
+
+
+def curl_ok(target, *args: str) -> str | None:
+    try:
+        return curl(target, *args, timeout=2)
+    except AssertionError:
+        return None
+
+
+def test_a_dead_agent_listener_is_replaced_and_never_leaves_the_port_blackholed(target,
+                                                                                 session):
+    # The agent's listening socket is destroyed under it (ss -K): the redirect goes first,
+    # the session re-subscribes with a new listener, and the port keeps answering.
+    s = session(target, HEADER)
+    lport = agent_listen_port(target)
+    target.exec(["ss", "-K", "state", "listening", f"sport = :{lport}"], check=True)
+    s.wait_for("is stolen again")
+    assert agent_listen_port(target) != lport
+    assert curl(target, "/", "-H", "x-user: me") == LOCAL_ANSWER
+    assert curl(target, "/") == TARGET_ANSWER
+    assert s.proc.poll() is None
