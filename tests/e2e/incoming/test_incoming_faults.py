@@ -220,3 +220,100 @@ def test_a_dead_agent_listener_is_replaced_and_never_leaves_the_port_blackholed(
     assert curl(target, "/", "-H", "x-user: me") == LOCAL_ANSWER
     assert curl(target, "/") == TARGET_ANSWER
     assert s.proc.poll() is None
+
+
+# ---- start and stop under load -------------------------------------------------------
+
+
+class Hammer:
+    """Clients of the target that notice every failed request: ``keepalive`` ones reuse one
+    connection (and, like curl and browsers, retry once on a fresh connection when a
+    reused one turns out closed before any byte of the answer: the server may close an
+    idle keep-alive connection), the others open a new connection per request and never
+    retry. Bounded in requests and time."""
+
+    def __init__(self, target, keepalive: int, fresh: int, max_requests: int = 20000) -> None:
+        import threading
+
+        self.target = target
+        self.stop = threading.Event()
+        self.ok = 0
+        self.failures: list[str] = []
+        self.max_requests = max_requests
+        self.threads = [threading.Thread(target=self._keepalive, daemon=True)
+                        for _ in range(keepalive)]
+        self.threads += [threading.Thread(target=self._fresh, daemon=True) for _ in range(fresh)]
+        for t in self.threads:
+            t.start()
+
+    def _answer(self, conn) -> str:
+        conn.request("GET", "/load")
+        return conn.getresponse().read().decode()
+
+    def _record(self, answer: str | None, error: str | None) -> None:
+        if answer == TARGET_ANSWER:
+            self.ok += 1
+        else:
+            self.failures.append(error or f"answer {answer!r}")
+
+    def _keepalive(self) -> None:
+        import http.client
+
+        conn = http.client.HTTPConnection(self.target.ip, PORT, timeout=5)
+        for _ in range(self.max_requests):
+            if self.stop.is_set():
+                break
+            reused = conn.sock is not None
+            try:
+                self._record(self._answer(conn), None)
+                continue
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
+                conn.close()
+                if not reused:
+                    self._record(None, f"keep-alive, new connection: {e!r}")
+                    continue
+            except (OSError, http.client.HTTPException) as e:
+                conn.close()
+                self._record(None, f"keep-alive: {e!r}")
+                continue
+            try:  # the one retry of a reused connection
+                self._record(self._answer(conn), None)
+            except (OSError, http.client.HTTPException) as e:
+                conn.close()
+                self._record(None, f"keep-alive, after a retry: {e!r}")
+        conn.close()
+
+    def _fresh(self) -> None:
+        import http.client
+
+        for _ in range(self.max_requests):
+            if self.stop.is_set():
+                break
+            conn = http.client.HTTPConnection(self.target.ip, PORT, timeout=5)
+            try:
+                conn.request("GET", "/load", headers={"Connection": "close"})
+                self._record(conn.getresponse().read().decode(), None)
+            except (OSError, http.client.HTTPException) as e:
+                self._record(None, f"new connection: {e!r}")
+            finally:
+                conn.close()
+
+    def finish(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(15)
+
+
+def test_sessions_starting_and_stopping_never_fail_the_targets_other_clients(target, session):
+    hammer = Hammer(target, keepalive=2, fresh=2)
+    try:
+        for i in range(5):
+            s = session(target, HEADER)
+            assert curl(target, "/", "-H", "x-user: me") == LOCAL_ANSWER
+            time.sleep(0.2)
+            s.stop()
+            assert s.proc.returncode is not None, f"session {i} did not stop"
+    finally:
+        hammer.finish()
+    assert hammer.ok > 100, hammer.ok
+    assert hammer.failures == [], f"{len(hammer.failures)} of {hammer.ok + len(hammer.failures)}"
