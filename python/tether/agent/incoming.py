@@ -50,6 +50,7 @@ from .. import (
 from ..http import RequestMatcher, compile_filter
 from ..link import Link, LinkClosed, RemoteError
 from ..protocol import Message
+from . import conntrack
 from .incoming_http import Router, splice
 from .incoming_mirror import Sniffer
 from .redirect import RedirectError, Redirector, bypass, original_dst
@@ -104,6 +105,10 @@ class IncomingAgent:
         # full accept queue.
         self._reserve: int | None = None
         self._shed = 0
+        # Every port stolen and every listener port of this agent: conntrack entries that
+        # NAT the one to the other are forgotten when the session ends.
+        self._stolen: set[int] = set()
+        self._listen_ports: set[int] = set()
         link.state.setdefault("cleanups", []).append(self.close)
 
     # ---- subscriptions ----
@@ -131,7 +136,12 @@ class IncomingAgent:
         # port nobody accepts on.
         self._ensure_listener()
         assert self.redirector is not None
+        # Connections an earlier agent stole leave entries NATed to its listener; a client
+        # that reuses its port would meet that dead listener instead of this redirect.
+        live = conntrack.listening_ports()
+        conntrack.forget(port, lambda e: e.reply_sport not in live)
         self.subs[port] = Subscription(port, mode, matcher)
+        self._stolen.add(port)
         try:
             self.redirector.add(port, self.listen_port)
         except RedirectError as exc:
@@ -150,6 +160,9 @@ class IncomingAgent:
                 with contextlib.suppress(RedirectError):
                     self.redirector.remove(port)
             await self._drain(port)
+            ours = self._listen_ports
+            conntrack.forget(port, lambda e: e.reply_sport in ours
+                             and e.state >= conntrack.TCP_FIN_WAIT)
         log.info("port %d is the target's own again", port)
 
     async def _drain(self, port: int) -> None:
@@ -201,6 +214,7 @@ class IncomingAgent:
             raise RemoteError("listener", f"cannot open the agent's listener: {exc}") from None
         self.listener = sock
         self.listen_port = sock.getsockname()[1]
+        self._listen_ports.add(self.listen_port)
         self._accept_task = asyncio.get_running_loop().create_task(self._accept_loop(sock))
         # Ports already stolen (a listener that is replaced) follow it.
         for port, sub in self.subs.items():
@@ -438,6 +452,9 @@ class IncomingAgent:
             self._reserve = None
         for task in list(self._tasks):
             task.cancel()
+        ours = self._listen_ports
+        for port in self._stolen:
+            conntrack.forget(port, lambda e: e.reply_sport in ours)
 
 
 def _accept_queue(listener: socket.socket) -> int:

@@ -10,8 +10,10 @@ import re
 import resource
 import signal
 import socket
+import struct
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from incoming_support import (
@@ -317,3 +319,87 @@ def test_sessions_starting_and_stopping_never_fail_the_targets_other_clients(tar
         hammer.finish()
     assert hammer.ok > 100, hammer.ok
     assert hammer.failures == [], f"{len(hammer.failures)} of {hammer.ok + len(hammer.failures)}"
+
+
+# ---- connection tracking ------------------------------------------------------------
+
+
+def nated_entries(target) -> list[str]:
+    """conntrack entries of connections to the port that were redirected (the reply comes
+    from another port than the one the client asked for)."""
+    out = []
+    for line in Path(f"/proc/{target.pid}/net/nf_conntrack").read_text().splitlines():
+        ports = re.findall(r"[sd]port=(\d+)", line)
+        if len(ports) == 4 and ports[1] == str(PORT) and ports[2] != str(PORT):
+            out.append(line)
+    return out
+
+
+def pooled_clients(target, n: int) -> list[socket.socket]:
+    """Keep-alive connections from fixed client ports, like a load balancer's pool."""
+    import random
+
+    base = random.randrange(20000, 30000, 100)
+    clients = []
+    for i in range(n):
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        c.bind(("0.0.0.0", base + i))
+        c.settimeout(5)
+        c.connect((target.ip, PORT))
+        clients.append(c)
+    return clients
+
+
+def ask_on(c: socket.socket) -> str:
+    c.sendall(b"GET /pool HTTP/1.1\r\nHost: t\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < int(
+            re.search(rb"Content-Length: (\d+)", data).group(1)):
+        chunk = c.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.partition(b"\r\n\r\n")[2].decode()
+
+
+def reset(c: socket.socket) -> None:
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+
+
+@pytest.mark.parametrize("end", ["stop", "agent killed"])
+def test_the_next_session_steals_from_client_ports_an_earlier_one_used(target, session, end):
+    # A pool of keep-alive clients is stolen, the session ends (cleanly, or its agent is
+    # killed so nothing cleans up), the pool reconnects from the same client ports: the
+    # next session steals every one of them, and no entry still points at the dead agent.
+    first = session(target, {"mode": "steal"})
+    dead = f"sport={agent_listen_port(target)} "
+    pool = pooled_clients(target, 20)
+    ports = [c.getsockname()[1] for c in pool]
+    assert {ask_on(c) for c in pool} == {LOCAL_ANSWER}
+    if end == "stop":
+        first.stop()
+        wait_until(lambda: not nated_entries(target), 3, "entries forgotten at teardown")
+    else:
+        os.kill(first.agent_pid(), signal.SIGKILL)
+        first.proc.wait(10)
+        assert nated_entries(target)  # what the kernel kept of the dead agent's connections
+    for c in pool:
+        reset(c)
+    second = session(target, {"mode": "steal"})
+    assert [e for e in nated_entries(target) if dead in e] == []
+    answers = []
+    for port in ports:
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        c.bind(("0.0.0.0", port))
+        c.settimeout(5)
+        try:
+            c.connect((target.ip, PORT))
+            answers.append(ask_on(c))
+        except OSError as exc:
+            answers.append(repr(exc))
+        reset(c)
+    assert answers == [LOCAL_ANSWER] * len(ports)
+    second.stop()
