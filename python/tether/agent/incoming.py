@@ -53,7 +53,7 @@ from ..protocol import Message
 from . import conntrack
 from .incoming_http import Router, splice
 from .incoming_mirror import Sniffer
-from .redirect import RedirectError, Redirector, bypass, original_dst
+from .redirect import OtherSteal, RedirectError, Redirector, bypass, original_dst
 
 log = logging.getLogger("tether.agent.incoming")
 
@@ -76,6 +76,10 @@ DRAIN_TIMEOUT = 0.8
 #: A handshake conntrack already sent here completes within a round trip; wait that long
 #: after the redirect is gone before trusting an empty accept queue.
 DRAIN_SETTLE = 0.05
+#: Abstract Unix socket (scoped to the network namespace) on which an agent hears
+#: "release <port>" from a newer session that overrides its steal (on_concurrent_steal).
+RELEASE_PREFIX = "tether-agent-release/"
+CONCURRENT_STEAL = ("abort", "continue", "override")
 
 
 @dataclass
@@ -109,11 +113,14 @@ class IncomingAgent:
         # NAT the one to the other are forgotten when the session ends.
         self._stolen: set[int] = set()
         self._listen_ports: set[int] = set()
+        # Ports a newer session took over (on_concurrent_steal "override"): never re-stolen.
+        self._overridden: dict[int, str] = {}
+        self._release_sock: socket.socket | None = None
         link.state.setdefault("cleanups", []).append(self.close)
 
     # ---- subscriptions ----
     async def subscribe(self, port: int, mode: str, spec: Any, use_relay: bool = False,
-                        shadow: bool = False) -> None:
+                        shadow: bool = False, on_concurrent_steal: str = "continue") -> None:
         self.relay = use_relay or not self.link.can_pass_fds
         if port in self.subs:
             await self.unsubscribe(port)
@@ -126,6 +133,11 @@ class IncomingAgent:
             return
         if mode != "steal":
             raise RemoteError("bad_mode", f"unknown incoming mode {mode!r}")
+        if port in self._overridden:
+            raise RemoteError("overridden", self._overridden[port])
+        if on_concurrent_steal not in CONCURRENT_STEAL:
+            raise RemoteError("bad_config", "on_concurrent_steal must be one of "
+                              f"{', '.join(CONCURRENT_STEAL)}, not {on_concurrent_steal!r}")
         matcher = None
         if spec:
             try:
@@ -136,6 +148,7 @@ class IncomingAgent:
         # port nobody accepts on.
         self._ensure_listener()
         assert self.redirector is not None
+        await self._concurrent_steal(port, matcher is None, on_concurrent_steal)
         # Connections an earlier agent stole leave entries NATed to its listener; a client
         # that reuses its port would meet that dead listener instead of this redirect.
         live = conntrack.listening_ports()
@@ -143,11 +156,117 @@ class IncomingAgent:
         self.subs[port] = Subscription(port, mode, matcher)
         self._stolen.add(port)
         try:
-            self.redirector.add(port, self.listen_port)
+            self.redirector.add(port, self.listen_port, whole=matcher is None)
         except RedirectError as exc:
             del self.subs[port]
             raise RemoteError("redirect", f"cannot steal port {port}: {exc}") from None
         log.info("stealing port %d%s", port, f" with filter {matcher}" if matcher else "")
+
+    async def _concurrent_steal(self, port: int, whole: bool, policy: str) -> None:
+        """Another session steals this port too. Filtered steals chain (each developer gets
+        their matches); a steal without a filter takes every connection that reaches it,
+        so with one on either side the sessions conflict, and ``policy`` decides (the
+        incumbent's on_concurrent_steal): ``abort`` refuses to start, ``continue`` chains
+        anyway (the newer session sees connections first), ``override`` makes the other
+        session give the port up (that session ends, saying why)."""
+        assert self.redirector is not None
+        try:
+            others = self.redirector.others(port)
+        except RedirectError as exc:
+            log.debug("cannot list the other sessions' steals: %s", exc)
+            return
+        conflicts = [o for o in others if o.whole or whole]
+        if not conflicts:
+            return
+        who = "; ".join(_describe(o) for o in conflicts)
+        if policy == "abort":
+            raise RemoteError(
+                "concurrent_steal",
+                f"port {port} is already stolen by another tether session ({who}); set "
+                "feature.network.incoming.on_concurrent_steal to \"continue\" to steal "
+                "alongside it or \"override\" to take the port over")
+        if policy == "continue":
+            log.warning("port %d is also stolen by another tether session (%s); continuing "
+                        "(on_concurrent_steal: continue): this session sees new connections "
+                        "first", port, who)
+            return
+        for other in conflicts:
+            await self._take_over(other, port)
+        log.warning("port %d: took it over from another tether session (%s) "
+                    "(on_concurrent_steal: override)", port, who)
+
+    async def _take_over(self, other: OtherSteal, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(
+                loop.sock_connect(sock, f"\0{RELEASE_PREFIX}{other.table}"), 2)
+            await loop.sock_sendall(sock, f"release {port}\n".encode())
+            answer = await asyncio.wait_for(loop.sock_recv(sock, 64), 3)
+        except (OSError, TimeoutError) as exc:
+            raise RemoteError("concurrent_steal", f"cannot take port {port} over from "
+                              f"another tether session ({_describe(other)}): {exc}") from None
+        finally:
+            sock.close()
+        if answer != b"released\n":
+            raise RemoteError("concurrent_steal", f"another tether session "
+                              f"({_describe(other)}) did not give port {port} up")
+
+    def _serve_releases(self, table: str) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(f"\0{RELEASE_PREFIX}{table}")
+            sock.listen(8)
+        except OSError as exc:
+            sock.close()
+            log.debug("no release socket: %s", exc)
+            return
+        sock.setblocking(False)
+        self._release_sock = sock
+        self._spawn(self._release_loop(sock))
+
+    async def _release_loop(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except OSError as exc:
+                if exc.errno in EXHAUSTED or exc.errno in TRANSIENT:
+                    await asyncio.sleep(0.1)
+                    continue
+                return
+            self._spawn(self._release(conn))
+
+    async def _release(self, conn: socket.socket) -> None:
+        """A newer session overrides our steal of a port: only a peer with our own user id
+        (the agents run as root) may ask."""
+        loop = asyncio.get_running_loop()
+        with conn:
+            conn.setblocking(False)
+            _pid, uid, _gid = struct.unpack(
+                "3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            if uid != os.geteuid():
+                return
+            try:
+                line = await asyncio.wait_for(loop.sock_recv(conn, 64), 2)
+            except (OSError, TimeoutError):
+                return
+            cmd, _, arg = line.decode(errors="replace").strip().partition(" ")
+            if cmd != "release" or not arg.isdigit():
+                return
+            port = int(arg)
+            reason = (f"port {port} was taken over by another tether session (its "
+                      "on_concurrent_steal is \"override\")")
+            self._overridden[port] = reason
+            sub = self.subs.get(port)
+            if sub is not None and sub.mode == "steal":
+                await self.unsubscribe(port)  # the redirect goes first, then the drain
+                log.warning("%s", reason)
+                with contextlib.suppress(LinkClosed):
+                    self.link.send({"t": "in_lost", "port": port, "reason": reason})
+            with contextlib.suppress(OSError):
+                await loop.sock_sendall(conn, b"released\n")
 
     async def unsubscribe(self, port: int) -> None:
         sub = self.subs.pop(port, None)
@@ -189,6 +308,7 @@ class IncomingAgent:
                 self.redirector = Redirector()
             except RedirectError as exc:
                 raise RemoteError("redirect", f"cannot install the steal redirect: {exc}") from None
+            self._serve_releases(self.redirector.table)
         if self.listener is not None and self._accept_task is not None and (
                 not self._accept_task.done()):
             return
@@ -450,6 +570,9 @@ class IncomingAgent:
         if self._reserve is not None:
             os.close(self._reserve)
             self._reserve = None
+        if self._release_sock is not None:
+            self._release_sock.close()
+            self._release_sock = None
         for task in list(self._tasks):
             task.cancel()
         ours = self._listen_ports
@@ -468,6 +591,12 @@ def _accept_queue(listener: socket.socket) -> int:
     return int(struct.unpack_from("I", info, 24)[0])
 
 
+def _describe(other: OtherSteal) -> str:
+    pid = other.agent_pid
+    return (f"agent pid {pid}" if pid is not None else other.table) + (
+        ", without a filter" if other.whole else ", with a filter")
+
+
 def _plain(addr: str) -> str:
     return addr[7:] if addr.startswith("::ffff:") and "." in addr else addr
 
@@ -481,7 +610,8 @@ def _state(link: Link) -> IncomingAgent:
 
 async def _subscribe(link: Link, msg: Message) -> Message:
     await _state(link).subscribe(int(msg["port"]), str(msg["mode"]), msg.get("filter"),
-                                 bool(msg.get("relay")), bool(msg.get("shadow")))
+                                 bool(msg.get("relay")), bool(msg.get("shadow")),
+                                 str(msg.get("on_concurrent_steal") or "continue"))
     return {"t": "in_subscribe_reply", "port": int(msg["port"])}
 
 

@@ -157,6 +157,8 @@ class Feature:
             msg["relay"] = True
         if self.shadow is not None:
             msg["shadow"] = True
+        if self.cfg.mode == "steal":
+            msg["on_concurrent_steal"] = self.cfg.on_concurrent_steal
         spec = self._spec(port)
         if spec is not None:
             msg["filter"] = spec
