@@ -34,6 +34,7 @@ from .environment import compute_env
 from .features import feature_classes
 from .link import Handler, Link, LinkClosed, RemoteError, serve_unix
 from .protocol import Message
+from .reconnect import keep_connected
 from .targets import Target, TargetError
 
 log = logging.getLogger("tether")
@@ -89,7 +90,7 @@ class Orchestrator:
         self.target.check()
         secret = self.agent_secret or secrets.token_hex(16)
         conn = await self.target.start_agent(secret, agent_log_level())
-        self.agent = Link(conn.sock, name="agent-link")
+        self.agent = Link(conn.sock, name="agent-link", resumable=conn.reconnect is not None)
         self._tasks.append(asyncio.create_task(self.agent.serve()))
         timeout = float(self.config.agent.startup_timeout)
         classes = feature_classes()  # imports: the agent starts up meanwhile
@@ -102,6 +103,9 @@ class Orchestrator:
             raise TargetError(
                 f"the agent did not start in {self.target.describe()}: {reason}") from None
         log.info("agent ready in %s (%s)", self.target.describe(), hello["agent"])
+        if conn.reconnect is not None:  # a dropped port-forward is re-established
+            self._tasks.append(asyncio.create_task(keep_connected(
+                self.agent, conn.reconnect, secret, self.target.describe())))
         self.features = [cls(self) for cls in classes]
         for feature in self.features:
             self.layer_handlers.update(getattr(feature, "layer_handlers", dict)())
