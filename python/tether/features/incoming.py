@@ -14,8 +14,17 @@ TETHER_INCOMING_RELAY=1: the subscription asks for relay streams; ``in_conn`` th
 stream number instead of carrying a descriptor, and the bytes travel over the agent link
 (:mod:`tether.relay`, shared with outgoing). The program's side is the same either way.
 
-Lifecycle: a port is unsubscribed when the process that listened ends, or at the first
-connection the program refuses (it stopped listening); the target serves it at once. A
+Listeners change hands: every bind of a served port is reported (``in_bind``), and a
+process that listens on or accepts from a socket it did not bind (a reloader's worker, a
+pre-forked or spawned worker, a socket passed over a Unix socket or by socket
+activation) *adopts* it (``in_listen`` with ``adopt``): its local port names the target
+port (from the bind, or another process's listen). A port stays subscribed while any
+process that listened on it, or bound it, is alive, so a worker replaced by a reload
+finds its port still stolen (connections wait in the listener's backlog meanwhile).
+
+Lifecycle: a port is unsubscribed when the last process that listened on it (or holds
+it bound) ends, or at the first connection the program refuses (it stopped listening);
+the target serves it at once. A
 subscription that breaks in the agent (``in_lost``) is re-established once, else the
 session ends with the reason: incoming traffic never stops silently.
 """
@@ -57,6 +66,16 @@ class Listener:
 
 
 @dataclass
+class Bound:
+    """A socket a process bound at ``local_port`` to serve target ``port``."""
+
+    port: int
+    want: int
+    local_port: int
+    link: Link
+
+
+@dataclass
 class PortSub:
     port: int
     listeners: list[Listener] = field(default_factory=list)
@@ -75,6 +94,7 @@ class Feature:
         self.cfg: IncomingConfig = orch.config.feature.network.incoming
         self.subs: dict[int, PortSub] = {}
         self.peers: dict[int, tuple[str, int]] = {}
+        self.binds: list[Bound] = []
         self.relays: set[asyncio.Task[None]] = set()
         self.stats = {"conns": 0, "refused": 0}
         self._fatal: asyncio.Future[str] | None = None
@@ -106,7 +126,8 @@ class Feature:
         return out
 
     def layer_handlers(self) -> dict[str, Any]:
-        return {"in_listen": self._in_listen, "in_peer": self._in_peer}
+        return {"in_listen": self._in_listen, "in_peer": self._in_peer,
+                "in_bind": self._in_bind}
 
     async def watch(self) -> str:
         self._fatal = asyncio.get_running_loop().create_future()
@@ -154,10 +175,48 @@ class Feature:
             msg["filter"] = spec
         await agent.call(msg, timeout=10)
 
+    async def _in_bind(self, link: Link, msg: Message) -> Message:
+        bound = Bound(int(msg["port"]), int(msg["want"]), int(msg["local_port"]), link)
+        self.binds.append(bound)
+        asyncio.get_running_loop().create_task(self._watch_bind(bound))
+        return {"t": "in_bind_reply"}
+
+    async def _watch_bind(self, bound: Bound) -> None:
+        await bound.link.closed.wait()
+        with contextlib.suppress(ValueError):
+            self.binds.remove(bound)  # a listener it held ends with its link (_watch_session)
+
+    def _holder(self, port: int, local_port: int | None) -> Bound | None:
+        """A live process holding a socket bound for target ``port`` (at ``local_port``)."""
+        for b in self.binds:
+            if b.port == port and (local_port is None or b.local_port == local_port) and \
+                    not b.link.closed.is_set():
+                return b
+        return None
+
+    def _adopted_port(self, msg: Message) -> tuple[int, int]:
+        """(target port, port getsockname reports) of a listener a process did not bind."""
+        local = int(msg["local_port"])
+        for b in reversed(self.binds):
+            if b.local_port == local:
+                return b.port, b.want
+        for sub in self.subs.values():
+            if any(lst.port == local for lst in sub.listeners):
+                return sub.port, sub.port
+        guess = int(msg["port"])
+        return guess, guess
+
     async def _in_listen(self, link: Link, msg: Message) -> Message:
         port = int(msg["port"])
         if self.cfg.mode == "off":
             return {"t": "in_listen_reply", "ok": False}
+        want = port
+        if msg.get("adopt"):
+            port, want = self._adopted_port(msg)
+            if port <= 0:
+                return {"t": "in_listen_reply", "ok": False}
+            log.debug("a process adopts the listener on local port %s (port %d)",
+                      msg["local_port"], port)
         listener = Listener(str(msg["addr"]), int(msg["local_port"]), int(msg["family"]), link)
         async with self._lock:
             sub = self.subs.get(port)
@@ -174,7 +233,7 @@ class Feature:
                          " (relayed over the agent link)" if self._relayed() else "")
             sub.listeners.append(listener)
         asyncio.get_running_loop().create_task(self._watch_session(link, port, listener))
-        return {"t": "in_listen_reply", "ok": True}
+        return {"t": "in_listen_reply", "ok": True, "port": port, "want": want}
 
     async def _watch_session(self, link: Link, port: int, listener: Listener) -> None:
         await link.closed.wait()
@@ -182,8 +241,20 @@ class Feature:
         if sub is None or listener not in sub.listeners:
             return
         sub.listeners.remove(listener)
-        if not sub.listeners:
-            await self._drop(port, "the process that listened has ended")
+        if sub.listeners:
+            return
+        holder = self._holder(port, listener.port)
+        if holder is not None:
+            # The socket lives on in the process that bound it (a reloader between two
+            # workers): connections queue in its backlog until the next worker accepts.
+            log.info("port %d: the worker that listened has ended; the listener stays "
+                     "(held by the process that bound it)", port)
+            kept = Listener(listener.addr, listener.port, listener.family, holder.link)
+            sub.listeners.append(kept)
+            asyncio.get_running_loop().create_task(
+                self._watch_session(holder.link, port, kept))
+            return
+        await self._drop(port, "the process that listened has ended")
 
     async def _drop(self, port: int, why: str) -> None:
         if self.subs.pop(port, None) is None:
