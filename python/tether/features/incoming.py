@@ -44,6 +44,7 @@ from .. import (
     relay,
 )
 from ..config import HttpFilter, IncomingConfig
+from ..http.mirror import Replay
 from ..link import Link, LinkClosed, RemoteError
 from ..protocol import Message
 
@@ -297,10 +298,13 @@ class Feature:
             return {"t": "in_conn_reply", "ok": False}
         self.stats["conns"] += 1
         mirror = msg["mode"] == "mirror"
-        shadow_key = ((port, str(msg["peer_addr"]), int(msg["peer_port"]))
-                      if mirror and self.shadow is not None else None)
-        task = asyncio.get_running_loop().create_task(
-            self._relay(remote, *local, mirror, shadow_key))
+        peer = (str(msg["peer_addr"]), int(msg["peer_port"]))
+        if mirror:
+            shadow_key = (port, *peer) if self.shadow is not None else None
+            coro = self._mirror_relay(remote, *local, port, peer, shadow_key)
+        else:
+            coro = self._relay(remote, *local, False)
+        task = asyncio.get_running_loop().create_task(coro)
         self.relays.add(task)
         task.add_done_callback(self.relays.discard)
         return {"t": "in_conn_reply", "ok": True}
@@ -329,8 +333,22 @@ class Feature:
             self.shadow.ended(key, "local")
         sock, lport = local
         table = relay.table(link)
+        if msg["mode"] == "mirror":
+            # The copy goes through the same replaying relay as in fd mode: the relay
+            # stream writes into one end of a socketpair, the mirror relay reads the other.
+            ours, theirs = socket.socketpair()
+            ours.setblocking(False)
+            stream = relay.RelayStream(conn, theirs, link.send, table.done, started=False,
+                                       discard=True)
+            table.add(stream)
+            task = asyncio.get_running_loop().create_task(self._mirror_relay(
+                ours, sock, lport, port, (str(msg["peer_addr"]), int(msg["peer_port"])),
+                None))
+            self.relays.add(task)
+            task.add_done_callback(self.relays.discard)
+            return {"t": "in_conn_reply", "ok": True}
         stream = relay.RelayStream(conn, sock, link.send, table.done, started=False,
-                                   discard=msg["mode"] == "mirror")
+                                   discard=False)
         table.add(stream, on_done=lambda: self.peers.pop(lport, None))
         return {"t": "in_conn_reply", "ok": True}
 
@@ -403,6 +421,15 @@ class Feature:
                     self.shadow.skip(shadow_key, ex.broken)
                 self.shadow.ended(shadow_key, "local")
 
+    async def _mirror_relay(self, remote: socket.socket, local: socket.socket, lport: int,
+                            port: int, peer: tuple[str, int],
+                            shadow_key: tuple[int, str, int] | None) -> None:
+        """Copy a mirrored stream to the program and drop its answers. When the program
+        closes its copy connection (Werkzeug does after every answer), unanswered requests
+        go again on a new connection at once, later ones open the next connection when
+        they come (:class:`tether.http.mirror.Replay`)."""
+        await MirrorCopy(self, remote, local, lport, port, peer, shadow_key).run()
+
     async def _in_shadow(self, link: Link, msg: Message) -> None:
         """The target's answers on a mirrored connection (summaries), or its end."""
         if self.shadow is None:
@@ -427,3 +454,131 @@ class Feature:
         except (TimeoutError, RemoteError, LinkClosed) as exc:
             self._end(f"lost the {self.cfg.mode} of port {port} and could not restore it: {exc}")
         return None
+
+
+class MirrorCopy:
+    """One mirrored client connection delivered to the local program, over as many copy
+    connections as the program needs (it may close each one after an answer)."""
+
+    def __init__(self, feature: Feature, remote: socket.socket, local: socket.socket,
+                 lport: int, port: int, peer: tuple[str, int],
+                 shadow_key: tuple[int, str, int] | None) -> None:
+        self.f = feature
+        self.remote = remote
+        self.local: socket.socket | None = local
+        self.lports = [lport]
+        self.port = port
+        self.peer = peer
+        self.shadow_key = shadow_key
+        self.replay = Replay()
+        self.ex: Any = None
+        if shadow_key is not None and feature.shadow is not None:
+            from ..http import shadow as shadow_mod
+
+            self.ex = shadow_mod.Exchanges()
+        self.lock = asyncio.Lock()  # one writer at a time on the copy connection
+        self.eof = False  # the client's side of the copy ended
+        self.opened = asyncio.Event()  # a new copy connection for the answers reader
+        self.loop = asyncio.get_running_loop()
+
+    async def run(self) -> None:
+        reader = self.loop.create_task(self._copy_in())
+        try:
+            await self._answers()
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            for p in self.lports:
+                self.f.peers.pop(p, None)
+            self.remote.close()
+            if self.local is not None:
+                self.local.close()
+            self._finish()
+
+    def _finish(self) -> None:
+        if self.replay.lost:
+            log.warning("mirror of %s:%d: %d request(s) not delivered (the local program "
+                        "closed without answering)", *self.peer, self.replay.lost)
+        shadow, key, ex = self.f.shadow, self.shadow_key, self.ex
+        if ex is not None and shadow is not None and key is not None:
+            if ex.broken is not None:
+                shadow.skip(key, ex.broken)
+            shadow.ended(key, "local")
+
+    async def _send(self, data: bytes) -> None:
+        """Write to the current copy connection (caller holds the lock). A failed write
+        is the answers reader's business: it sees the close and replays."""
+        if self.local is None:
+            if self.replay.plain is not None or not await self._open():
+                return
+            data = self.replay.backlog()  # includes `data`
+        with contextlib.suppress(OSError):
+            await self.loop.sock_sendall(self.local, data)
+
+    async def _open(self) -> bool:
+        sub = self.f.subs.get(self.port)
+        new = await self.f._connect_local(sub, self.peer) if sub is not None else None
+        if new is None:
+            log.debug("mirror of %s:%d: the local program takes no new copy connection",
+                      *self.peer)
+            return False
+        self.local, lport = new
+        self.lports.append(lport)
+        self.opened.set()
+        log.debug("mirror of %s:%d: the local program closed its copy; a new connection "
+                  "carries the rest", *self.peer)
+        return True
+
+    async def _copy_in(self) -> None:
+        try:
+            while True:
+                data = await self.loop.sock_recv(self.remote, READ_SIZE)
+                if not data:
+                    break
+                async with self.lock:
+                    self.replay.client(data)
+                    if self.ex is not None:
+                        self.ex.client(data)
+                    await self._send(data)
+        except OSError:
+            pass
+        async with self.lock:
+            self.eof = True
+            if self.local is not None:
+                with contextlib.suppress(OSError):
+                    self.local.shutdown(socket.SHUT_WR)
+            self.opened.set()  # wakes the answers reader if it waits for a connection
+
+    async def _answers(self) -> None:
+        shadow = self.f.shadow
+        while True:
+            sock = self.local
+            if sock is None:
+                return
+            try:
+                while True:
+                    data = await self.loop.sock_recv(sock, READ_SIZE)
+                    if not data:
+                        break
+                    self.replay.answer(data)
+                    ex = self.ex
+                    if ex is not None and ex.broken is None and shadow is not None:
+                        shadow.add(self.shadow_key, "local", ex.server(data))
+            except OSError:
+                pass
+            async with self.lock:
+                sock.close()
+                self.local = None
+                self.opened.clear()
+                if self.replay.closed():  # requests wait for an answer: a new one now
+                    if not await self._open():
+                        return
+                    await self._send(self.replay.backlog())
+                    if self.eof:
+                        with contextlib.suppress(OSError):
+                            self.local.shutdown(socket.SHUT_WR)
+                    continue
+                if self.eof or self.replay.plain is not None:
+                    return
+            await self.opened.wait()  # the client's next request opens the next one
