@@ -83,14 +83,7 @@ class IncomingAgent:
         self.relay = use_relay or not self.link.can_pass_fds
         if port in self.subs:
             await self.unsubscribe(port)
-        if mode == "mirror":
-            sub = Subscription(port, mode)
-            sub.sniffer = Sniffer(port, lambda key: self._mirror_flow(port, key), shadow,
-                                  lambda key, answers: self._shadow(port, key, answers))
-            self.subs[port] = sub
-            log.info("mirroring port %d%s", port, " (shadow: comparing answers)" if shadow else "")
-            return
-        if mode != "steal":
+        if mode not in ("mirror", "steal"):
             raise RemoteError("bad_mode", f"unknown incoming mode {mode!r}")
         matcher = None
         if spec:
@@ -98,6 +91,16 @@ class IncomingAgent:
                 matcher = compile_filter(spec)
             except ValueError as exc:
                 raise RemoteError("bad_filter", f"http_filter: {exc}") from None
+        if mode == "mirror":
+            sub = Subscription(port, mode, matcher)
+            sub.sniffer = Sniffer(port, lambda key: self._mirror_flow(port, key), shadow,
+                                  lambda key, answers: self._shadow(port, key, answers),
+                                  matcher=matcher)
+            self.subs[port] = sub
+            log.info("mirroring port %d%s%s", port,
+                     " (shadow: comparing answers)" if shadow else "",
+                     f" with filter {matcher}" if matcher else "")
+            return
         self._ensure_listener()
         assert self.redirector is not None
         self.subs[port] = Subscription(port, mode, matcher)

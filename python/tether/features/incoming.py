@@ -102,7 +102,10 @@ class Feature:
         self._lock = asyncio.Lock()
         # Shadow testing (mirror only): compare the target's answers with the program's.
         self.shadow = None
-        if self.cfg.mode == "mirror" and self.cfg.shadow:
+        if self.cfg.mode == "mirror" and self.cfg.shadow and self.cfg.http_filter is not None:
+            log.warning("shadow: answers are not compared when an http_filter chooses what "
+                        "is mirrored (the target answers every request); mirroring only")
+        elif self.cfg.mode == "mirror" and self.cfg.shadow:
             from ..http import shadow as shadow_mod  # only then: ~15 ms of every start-up
 
             self.shadow = shadow_mod.Book()
@@ -154,7 +157,7 @@ class Feature:
     # ---- layer requests ----
     def _spec(self, port: int) -> dict[str, Any] | None:
         c = self.cfg
-        if c.mode != "steal" or c.http_filter is None:
+        if c.mode == "off" or c.http_filter is None:
             return None
         spec = filter_spec(c.http_filter)
         if c.http_filter_ports is not None:

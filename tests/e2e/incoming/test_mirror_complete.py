@@ -89,3 +89,58 @@ def test_node_sees_every_mirrored_request(target, session, tmp_path):
     s = session(target, "mirror", argv=["node", "-e", NODE_SERVER])
     keep_alive_clients(target, clients=2, requests=2)
     wait_copies(s, ALL_FOUR)
+
+
+def test_mirror_filter_copies_only_the_matching_requests(target, session):
+    s = session(target, {"mode": "mirror", "http_filter": {"header_filter": "^x-dev: me$"}})
+    # Two keep-alive connections mixing both kinds; each ends with a request of mine, so
+    # once those copies arrived, a copy of any earlier request would have too.
+    plan = [[("/mine-1", True), ("/theirs-1", False), ("/mine-2", True),
+             ("/theirs-2", False), ("/mine-3", True)],
+            [("/theirs-3", False), ("/theirs-4", False), ("/mine-4", True)]]
+    for requests in plan:
+        conn = http.client.HTTPConnection(target.ip, PORT, timeout=5)
+        for path, mine in requests:
+            conn.request("POST", path, body=b"y" * 3000,
+                         headers={"x-dev": "me"} if mine else {})
+            assert conn.getresponse().read().decode() == TARGET_ANSWER  # target answers all
+        conn.close()
+    wait_copies(s, {"/mine-1", "/mine-2", "/mine-3", "/mine-4"})
+    seen = [line for line in s.lines if "URI=" in line]
+    assert len(seen) == 4 and all("body=3000" in line for line in seen), s.output
+    assert "theirs" not in s.output
+
+
+DUAL_STACK_TARGET = """
+import socket, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = b"This is a silly demo\\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+
+class S(ThreadingHTTPServer):
+    address_family = socket.AF_INET6  # [::]:port takes IPv4 clients too (v4-mapped)
+    daemon_threads = True
+
+S(("::", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def test_mirror_copies_ipv6_clients_too(pod_factory, session):
+    import sys
+
+    pod = pod_factory("dual", cmd=[sys.executable, "-c", DUAL_STACK_TARGET, str(PORT)])
+    pod.wait_port(PORT)
+    s = session(pod, "mirror")
+    for url in (f"http://[::1]:{PORT}/from-ipv6", f"http://127.0.0.1:{PORT}/from-ipv4"):
+        res = pod.exec(["curl", "-sS", "-g", "-m", "5", url])
+        assert res.stdout == TARGET_ANSWER, res.stderr
+    wait_copies(s, {"/from-ipv6", "/from-ipv4"})
