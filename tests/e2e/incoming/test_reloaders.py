@@ -73,10 +73,17 @@ def answer_of(target, path: str = "/") -> tuple[str, str, str]:
     return text.split()[1], words["pid"], words["peer"]
 
 
-def wait_version(target, version: str, timeout: float = 20, s=None) -> tuple[str, str, str]:
+def wait_version(target, version: str, timeout: float = 20, s=None, save=None
+                 ) -> tuple[str, str, str]:
+    """Poll until the local program answers `version`; `save` (the developer saving the
+    file) is called at once and again every 3 s, in case a watcher started late."""
     deadline = time.monotonic() + timeout
     last = ""
+    saved = 0.0
     while time.monotonic() < deadline:
+        if save is not None and time.monotonic() - saved > 3:
+            save()
+            saved = time.monotonic()
         try:
             got = answer_of(target)
             if got[0] == version:
@@ -96,8 +103,8 @@ def test_uvicorn_reload_worker_is_stolen_and_stays_stolen_after_a_reload(
         "--host", "0.0.0.0", "--port", str(PORT)])
     version, pid1, peer = wait_version(target, "v1")
     assert peer == target.gateway, s.output
-    write_app(tmp_path, "v2")  # the developer saves
-    version, pid2, peer = wait_version(target, "v2", s=s)
+    version, pid2, peer = wait_version(target, "v2", s=s,
+                                       save=lambda: write_app(tmp_path, "v2"))
     assert pid2 != pid1 and peer == target.gateway, s.output
     assert s.proc.poll() is None
 
@@ -130,8 +137,8 @@ def test_flask_reloader_child_sees_the_real_client(target, session, tmp_path):
     version, pid1, peer = wait_version(target, "v1")
     # WERKZEUG_SERVER_FD: the parent bound and listened, the re-exec'd child accepts
     assert peer == target.gateway, s.output
-    write_app(tmp_path, "v2")
-    version, pid2, peer = wait_version(target, "v2", s=s)
+    version, pid2, peer = wait_version(target, "v2", s=s,
+                                       save=lambda: write_app(tmp_path, "v2"))
     assert pid2 != pid1 and peer == target.gateway, s.output
 
 
@@ -269,8 +276,7 @@ def _reload_scene(target, session, tmp_path, argv: list[str]) -> None:
     save("v1")
     s = session(target, "steal", argv=argv)
     wait_version(target, "v1")
-    save("v2")
-    wait_version(target, "v2", s=s)
+    wait_version(target, "v2", s=s, save=lambda: save("v2"))
     assert s.proc.poll() is None, s.output
 
 
