@@ -203,3 +203,14 @@ def test_two_developers_share_one_https_target_each_with_their_filter(pod_factor
                 f"{who} /t via {proto}\n [{version}]")
         assert curl(target, ca, "/t", "-H", "x-dev: carol", http2=http2) == (
             f"{NGINX_ANSWER} [{version}]")
+
+
+def test_an_unreadable_delivery_trust_file_on_this_machine_names_the_key(
+        pod_factory, session, certs, tmp_path):
+    target = nginx_target(pod_factory, certs, tmp_path)
+    s = session(target, tls_config({**MINE, "tls_delivery": {
+        "trust_roots": [str(tmp_path / "no-such-ca.pem")]}}), ready=False)
+    assert s.proc.wait(20) != 0
+    assert (f"feature.network.incoming.tls_delivery.trust_roots[0]: cannot read "
+            f"{tmp_path / 'no-such-ca.pem'}") in s.output, s.output
+    assert "Traceback" not in s.output
