@@ -76,7 +76,9 @@ def _encrypted(leaf: trustme.LeafCert) -> bytes:
      f"{KEY}.cert_pem: not a PEM certificate"),
     (None, {"key_pem": "/etc/tls/tls.crt"}, f"{KEY}.key_pem: not a PEM private key"),
     (None, {"client_verification": {"trust_roots": ["/etc/tls/nothing.pem"]}},
-     f"{KEY}.client_verification.trust_roots: /etc/tls/nothing.pem does not exist"),
+     f"{KEY}.client_verification.trust_roots[0]: /etc/tls/nothing.pem does not exist"),
+    (None, {"app_client_cert": {"cert_pem": "/etc/tls/tls.crt", "key_pem": "/etc/tls/ca.crt"}},
+     f"{KEY}.app_client_cert.key_pem: not a PEM private key"),
 ])
 def test_unusable_certificates_name_the_key(root: Any, ca: trustme.CA, setup: str | None,
                                             change: dict[str, Any], message: str) -> None:

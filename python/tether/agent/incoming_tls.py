@@ -94,7 +94,8 @@ class TlsPort:
         ctx = self._app_ctxs.get(protos)
         if ctx is None:
             ctx = _client_context(self.cert_pem, pinned=True, alpn=protos,
-                                  client_cert=self.app_client_cert)
+                                  client_cert=self.app_client_cert,
+                                  client_key=f"{self.key}.app_client_cert")
             self._app_ctxs[protos] = ctx
         return ctx
 
@@ -171,7 +172,8 @@ def _load_chain(ctx: ssl.SSLContext, cert: bytes, key: bytes, cert_key: str,
 
 
 def _client_context(cadata: str, *, pinned: bool, alpn: tuple[str, ...],
-                    client_cert: tuple[bytes, bytes] | None = None) -> ssl.SSLContext:
+                    client_cert: tuple[bytes, bytes] | None = None,
+                    client_key: str = "app_client_cert") -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = not pinned
     ctx.verify_mode = ssl.CERT_REQUIRED
@@ -181,8 +183,8 @@ def _client_context(cadata: str, *, pinned: bool, alpn: tuple[str, ...],
     if alpn:
         ctx.set_alpn_protocols(list(alpn))
     if client_cert is not None:
-        _load_chain(ctx, client_cert[0], client_cert[1], "app_client_cert.cert_pem",
-                    "app_client_cert.key_pem")
+        _load_chain(ctx, client_cert[0], client_cert[1], f"{client_key}.cert_pem",
+                    f"{client_key}.key_pem")
     return ctx
 
 
@@ -202,8 +204,9 @@ def load_port(root: int, spec: dict[str, Any]) -> TlsPort:
         ctx.set_alpn_protocols(alpn)
     cv = spec.get("client_verification")
     if cv:
-        roots = b"".join(_read_in_target(root, str(p), f"{key}.client_verification.trust_roots",
-                                         "CA certificates") for p in cv.get("trust_roots", ()))
+        roots = b"".join(
+            _read_in_target(root, str(p), f"{key}.client_verification.trust_roots[{i}]",
+                            "CA certificates") for i, p in enumerate(cv.get("trust_roots", ())))
         try:
             ctx.load_verify_locations(cadata=roots.decode("ascii", "replace"))
         except ssl.SSLError as exc:
@@ -236,7 +239,8 @@ def load_port(root: int, spec: dict[str, Any]) -> TlsPort:
         if delivery.protocol == "tls":
             port.dev_context(None)
     except ssl.SSLError as exc:
-        where = (f"{key}.cert_pem" if not delivery.cadata else "tls_delivery")
+        where = (f"{key}.cert_pem" if not delivery.cadata
+                 else f"{key.partition('.tls_steal')[0]}.tls_delivery")
         raise TlsConfigError(f"{where}: not usable as trusted certificates ({exc.reason})"
                              ) from None
     return port
