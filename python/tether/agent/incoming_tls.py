@@ -427,8 +427,8 @@ def app_opener(port: TlsPort, hs: Handshake, open_app: Opener, name: str) -> Ope
         except (ssl.SSLError, OSError, TimeoutError) as exc:
             log.warning("%s: TLS to the application failed: %s", name, exc)
             return None
-        if hs.alpn and obj.selected_alpn_protocol() != hs.alpn:
-            log.warning("%s: the application did not accept %s", name, hs.alpn)
+        if hs.alpn == "h2" and obj.selected_alpn_protocol() != "h2":
+            log.warning("%s: the application did not accept h2", name)
         return plain
     return open_tls_app
 
@@ -449,9 +449,10 @@ def dev_opener(port: TlsPort, hs: Handshake, open_dev: Opener, name: str) -> Ope
             # The request goes to the application instead (as when the program is gone).
             log.warning("%s: TLS to the local program failed: %s", name, exc)
             return None
-        if hs.alpn and obj.selected_alpn_protocol() != hs.alpn:
-            log.warning("%s: the local program did not accept %s over TLS (serve it, or set "
-                        "tls_delivery.protocol to tcp)", name, hs.alpn)
+        if hs.alpn == "h2" and obj.selected_alpn_protocol() != "h2":
+            # An HTTP/1 server would now get HTTP/2 frames: say why the stream fails.
+            log.warning("%s: the local program did not accept h2 over TLS (serve HTTP/2, or "
+                        "set tls_delivery.protocol to tcp)", name)
         return plain
     return open_tls_dev
 

@@ -5,6 +5,8 @@ nginx's answer over TLS, with the same certificate as without tether."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +25,7 @@ from tls_support import (
     grpc_say,
     grpc_target,
     keepalive,
+    nginx_answers_within,
     nginx_target,
     peer_certificate,
     tls_config,
@@ -214,3 +217,33 @@ def test_an_unreadable_delivery_trust_file_on_this_machine_names_the_key(
     assert (f"feature.network.incoming.tls_delivery.trust_roots[0]: cannot read "
             f"{tmp_path / 'no-such-ca.pem'}") in s.output, s.output
     assert "Traceback" not in s.output
+
+
+NODE_HTTPS = """
+const fs = require("fs"), https = require("https");
+https.createServer({cert: fs.readFileSync(process.argv[1]), key: fs.readFileSync(process.argv[2])},
+  (req, res) => res.end(`node ${req.url} secure=${req.socket.encrypted === true}\\n`))
+  .listen(8443, () => console.log("node https listening"));
+"""
+
+
+def test_a_node_https_program_reading_the_targets_certificate_gets_the_developers_requests(
+        pod_factory, session, certs, tmp_path):
+    """The local program is Node's https module; it reads the certificate and key from
+    the target's filesystem through tether, and the agent delivers over TLS to it."""
+    target = nginx_target(pod_factory, certs, tmp_path)
+    ca = certs.write_ca(tmp_path)
+    session(target, tls_config(MINE), argv=["node", "-e", NODE_HTTPS, CERT, KEY])
+    assert curl(target, ca, "/n", "-H", "x-dev: me") == "node /n secure=true\n [1.1]"
+    assert curl(target, ca, "/n") == NGINX_ANSWER + " [1.1]"
+
+
+def test_killing_the_agent_gives_the_https_port_back_to_nginx_within_2s(pod_factory, session,
+                                                                       certs, tmp_path):
+    target = nginx_target(pod_factory, certs, tmp_path)
+    ca = certs.write_ca(tmp_path)
+    s = session(target, tls_config({**MINE, "tls_delivery": {"protocol": "tcp"}}))
+    assert curl(target, ca, "/", "-H", "x-dev: me") == "mine / via http/1.1\n [1.1]"
+    os.kill(s.agent_pid(), signal.SIGKILL)
+    nginx_answers_within(target, ca, 2)
+    assert "tether" not in target.exec(["nft", "list", "ruleset"]).stdout

@@ -16,6 +16,7 @@ from typing import Any
 
 import trustme
 from e2e_support import BackgroundTether
+from incoming_support import Session
 
 HERE = Path(__file__).resolve().parent
 TOYS = str(HERE / "tls_toys.py")
@@ -107,6 +108,9 @@ class TlsSession(BackgroundTether):
         super().__init__(["exec", "-t", f"process/{pod.pid}", "-f", str(cfg), "--", *argv],
                          cwd=tmp, env=dict(os.environ))
 
+    agent_pid = Session.agent_pid
+    orchestrator_pid = Session.orchestrator_pid
+
     def wait_ready(self) -> TlsSession:
         self.wait_for(f"port {TLS_PORT} of the target", timeout=20)
         return self
@@ -120,6 +124,24 @@ def curl(pod: Any, ca: str, path: str = "/", *args: str, http2: bool = False) ->
         capture_output=True, text=True, timeout=10)
     assert res.returncode == 0, res.stderr
     return res.stdout
+
+
+def nginx_answers_within(pod: Any, ca: str, seconds: float) -> float:
+    """Poll until nginx itself answers a developer's request; how long it took."""
+    start = time.monotonic()
+    last = ""
+    while time.monotonic() - start < seconds + 3:
+        res = subprocess.run(
+            ["curl", "-sS", "-m", "1", "--cacert", ca, "--resolve",
+             f"{NAME}:{TLS_PORT}:{pod.ip}", "-H", "x-dev: me", f"https://{NAME}:{TLS_PORT}/"],
+            capture_output=True, text=True)
+        last = res.stdout + res.stderr
+        if res.stdout == NGINX_ANSWER:
+            took = time.monotonic() - start
+            assert took < seconds, f"nginx answered only after {took:.2f}s"
+            return took
+        time.sleep(0.05)
+    raise AssertionError(f"nginx never answered again (last: {last!r})")
 
 
 def keepalive(pod: Any, ca: str, requests: list[tuple[str, dict[str, str]]]) -> list[str]:
