@@ -118,3 +118,24 @@ def test_mistakes_name_the_json_path(value: dict[str, Any], message: str) -> Non
 ])
 def test_settings_without_effect_warn(value: dict[str, Any], warning: str) -> None:
     assert parse_config(incoming(value)).warnings == [warning]
+
+
+def test_verify_config_names_every_tls_mistake_by_path(tmp_path: Any) -> None:
+    import json
+    import subprocess
+
+    from e2e_support import tether_cmd
+
+    bad = tmp_path / "tls.json"
+    bad.write_text(json.dumps(incoming({
+        "mode": "steal", "http_filter": FILTER,
+        "tls_steal": {"ports": [{"port": 8443, "cert_pem": "tls.crt"}]},
+        "tls_delivery": {"protocol": "quic"}})))
+    res = subprocess.run([*tether_cmd(), "verify-config", str(bad)], capture_output=True,
+                         text=True, timeout=30)
+    assert res.returncode == 1
+    for line in (f"{P}.tls_steal.ports[0].cert_pem: 'tls.crt' is not an absolute path",
+                 f"{P}.tls_steal.ports[0].key_pem: missing (required)",
+                 f"{P}.tls_delivery.protocol: 'quic' is not one of tcp, tls"):
+        assert line in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
