@@ -124,26 +124,29 @@ class IncomingAgent:
         self.relay = use_relay or not self.link.can_pass_fds
         if port in self.subs:
             await self.unsubscribe(port)
-        if mode == "mirror":
-            sub = Subscription(port, mode)
-            sub.sniffer = Sniffer(port, lambda key: self._mirror_flow(port, key), shadow,
-                                  lambda key, answers: self._shadow(port, key, answers))
-            self.subs[port] = sub
-            log.info("mirroring port %d%s", port, " (shadow: comparing answers)" if shadow else "")
-            return
-        if mode != "steal":
+        if mode not in ("mirror", "steal"):
             raise RemoteError("bad_mode", f"unknown incoming mode {mode!r}")
-        if port in self._overridden:
-            raise RemoteError("overridden", self._overridden[port])
-        if on_concurrent_steal not in CONCURRENT_STEAL:
-            raise RemoteError("bad_config", "on_concurrent_steal must be one of "
-                              f"{', '.join(CONCURRENT_STEAL)}, not {on_concurrent_steal!r}")
         matcher = None
         if spec:
             try:
                 matcher = compile_filter(spec)
             except ValueError as exc:
                 raise RemoteError("bad_filter", f"http_filter: {exc}") from None
+        if mode == "mirror":
+            sub = Subscription(port, mode, matcher)
+            sub.sniffer = Sniffer(port, lambda key: self._mirror_flow(port, key), shadow,
+                                  lambda key, answers: self._shadow(port, key, answers),
+                                  matcher=matcher)
+            self.subs[port] = sub
+            log.info("mirroring port %d%s%s", port,
+                     " (shadow: comparing answers)" if shadow else "",
+                     f" with filter {matcher}" if matcher else "")
+            return
+        if port in self._overridden:
+            raise RemoteError("overridden", self._overridden[port])
+        if on_concurrent_steal not in CONCURRENT_STEAL:
+            raise RemoteError("bad_config", "on_concurrent_steal must be one of "
+                              f"{', '.join(CONCURRENT_STEAL)}, not {on_concurrent_steal!r}")
         # The listener accepts before the redirect exists: no connection can be sent to a
         # port nobody accepts on.
         self._ensure_listener()
