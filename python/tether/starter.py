@@ -154,7 +154,7 @@ def run_exec(config: Any, target: Any, command: list[str]) -> NoReturn:
     parent_pid = os.getpid()
     started = time.monotonic()
     # Until the orchestrator is in its own session a terminal's Ctrl-C would reach it too:
-    # it inherits SIGINT blocked, and ignores it once it has left our process group.
+    # it inherits SIGINT blocked until it has left our process group.
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
@@ -165,7 +165,9 @@ def run_exec(config: Any, target: Any, command: list[str]) -> NoReturn:
         code = 1
         try:
             os.setsid()  # the terminal's Ctrl-C belongs to the program, not to us
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            # Out of the terminal's process group, a SIGINT is someone's `kill -INT` aimed
+            # at tether: it ends the session as SIGTERM does (the watchdog cleans up).
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             code = _orchestrator_main(config, target, theirs, live_r, parent_pid, layer_so,
                                       command)
