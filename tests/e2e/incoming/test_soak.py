@@ -124,7 +124,7 @@ def test_thirty_random_deaths_under_load_leave_the_target_whole(target, session,
                 raise AssertionError(f"{what}: the session went on\n{s.output}") from None
             eventually(lambda: "tether" not in nft_rules(target), 2, f"{what}: a rule is left")
             eventually(lambda: not agents_running(target.pid), 3, f"{what}: an agent is left")
-            eventually(lambda: subprocess.run(["pgrep", "-f", config]).returncode == 1, 3,
+            eventually(lambda c=config: subprocess.run(["pgrep", "-f", c]).returncode == 1, 3,
                        f"{what}: a tether process is left")
             eventually(lambda: not os.listdir(scratch), 3,
                        f"{what}: files left: {os.listdir(scratch)}")
