@@ -3,7 +3,6 @@ and `tether exec` sessions running a local server in the background."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -40,10 +39,9 @@ class Session(BackgroundTether):
         out = subprocess.run(["pgrep", "-P", str(self.orchestrator_pid())],
                              capture_output=True, text=True).stdout.split()
         for pid in map(int, out):
-            # The agent names itself (comm); the orchestrator has other tether children.
-            with contextlib.suppress(OSError):
-                if Path(f"/proc/{pid}/comm").read_text().strip() == "tether-agent":
-                    return pid
+            # The orchestrator's other child, the watchdog, keeps tether's command line.
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"tether-agent"):
+                return pid
         raise AssertionError("no agent found")
 
     def orchestrator_pid(self) -> int:
