@@ -1,7 +1,7 @@
 """Remote files (feature.fs), orchestrator side: the layer's decision table and the
 ``fs_*`` requests it sends when a path is remote.
 
-The C layer decides local / remote / ENOENT / EROFS without a round trip, from the table
+The C layer decides local / remote / ENOENT without a round trip, from the table
 ``layer_config()`` builds: the mode, the default local paths (``default_local()``), and
 the user's ``read_write``/``read_only``/``local``/``not_found`` regexes translated to
 POSIX EREs (``to_ere``), which the layer compiles once with ``regcomp``.  Only remote

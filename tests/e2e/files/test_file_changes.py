@@ -75,6 +75,8 @@ int main(int argc, char **argv) {
     say("unlinkat_removedir", unlinkat(AT_FDCWD, a, AT_REMOVEDIR));
     snprintf(b, sizeof b, "%s/app.conf", argv[1]);
     say("rename_to_local", rename(b, "/tmp/tether-not-there"));
+    say("remove", remove(b));
+    say("remove_again", remove(b));
     return 0;
 }
 """
@@ -83,7 +85,8 @@ int main(int argc, char **argv) {
 def test_c_at_calls_and_renameat2_flags_act_in_the_target(tether, app, tmp_path):
     """mkdirat/unlinkat(AT_REMOVEDIR)/renameat2(RENAME_NOREPLACE) are served in the pod with
     the pod's answer; a rename between a remote and a local path fails with EXDEV, what
-    the kernel answers between two file systems (so `mv` copies instead)."""
+    the kernel answers between two file systems (so `mv` copies instead).  glibc's remove()
+    unlinks through its internal calls, so it is served too."""
     src = tmp_path / "changes.c"
     src.write_text(C_CHANGES)
     exe = tmp_path / "changes"
@@ -91,8 +94,11 @@ def test_c_at_calls_and_renameat2_flags_act_in_the_target(tether, app, tmp_path)
     res = tether(app.pod, [str(exe), str(app.dir)], config=WRITE)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["mkdirat=ok", "renameat2_noreplace=EEXIST",
-                                  "unlinkat_removedir=ok", "rename_to_local=EXDEV"]
+                                  "unlinkat_removedir=ok", "rename_to_local=EXDEV",
+                                  "remove=ok", "remove_again=ENOENT"]
     assert not (app.pod.root / str(app.dir).lstrip("/") / "d1").exists()
+    assert not (app.pod.root / app.conf.lstrip("/")).exists()  # glibc's remove() too
+    assert os.path.exists(app.conf)
 
 
 def test_node_copyfile_creates_the_copy_in_the_target(tether, app):
@@ -146,10 +152,13 @@ def test_statfs_describes_the_targets_file_system(tether, app, mode):
     pod_view = os.statvfs(app.pod.root / str(app.empty).lstrip("/"))
     local_view = os.statvfs(app.empty)
     assert (pod_view.f_blocks, pod_view.f_files) != (local_view.f_blocks, local_view.f_files)
-    py = (f"import os; s = os.statvfs({str(app.empty)!r}); print(s.f_blocks, s.f_files)")
+    py = (f"import os; s = os.statvfs({str(app.empty)!r}); print(s.f_blocks, s.f_files)\n"
+          f"s = os.fstatvfs(os.open({str(app.empty)!r}, os.O_RDONLY)); print(s.f_blocks)")
     res = tether(app.pod, [sys.executable, "-c", py], config={"feature": {"fs": mode}})
     assert res.returncode == 0, res.stderr
-    assert res.stdout.split() == [str(pod_view.f_blocks), str(pod_view.f_files)]
+    # fstatvfs of the remote descriptor is native: the descriptor is the pod's
+    assert res.stdout.split() == [str(pod_view.f_blocks), str(pod_view.f_files),
+                                  str(pod_view.f_blocks)]
     js = f"console.log(require('fs').statfsSync({str(app.empty)!r}).type.toString(16))"
     res = tether(app.pod, ["node", "-e", js], config={"feature": {"fs": mode}})
     assert res.returncode == 0, res.stderr
