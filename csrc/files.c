@@ -255,16 +255,23 @@ static int decide(const struct fs_table *t, const char *s, int write) {
     }
 }
 
+/* Also the seccomp supervisor's decision (features/files.py decide): the table of the last
+ * config is kept, as a program's path calls all come with the same one.  Not reentrant. */
 TL_EXPORT int tl_fs_decide_with(const char *config, const char *cwd, const char *path, int write) {
-    static struct fs_table t; /* tests only: not reentrant */
+    static struct fs_table t;
+    static char *parsed; /* the config t was parsed from */
     char norm[PATH_MAX];
-    if (parse_table(&t, config)) {
-        free_table(&t);
-        return -1;
+    if (!parsed || strcmp(parsed, config)) {
+        if (parsed) free_table(&t); /* a failed parse was freed at once */
+        free(parsed);
+        parsed = NULL;
+        if (parse_table(&t, config)) {
+            free_table(&t);
+            return -1;
+        }
+        parsed = strdup(config);
     }
-    int r = tl_fs_normalize(cwd, path, norm, sizeof norm) ? FS_LOCAL : decide(&t, norm, write);
-    free_table(&t);
-    return r;
+    return tl_fs_normalize(cwd, path, norm, sizeof norm) ? FS_LOCAL : decide(&t, norm, write);
 }
 
 /* The program's own code: the directory its executable was started from (its parent when

@@ -139,17 +139,6 @@ def test_unreachable_api_server(kube, kube_tether, tmp_path):
     assert "cannot reach the Kubernetes API server at http://127.0.0.1:9" in line
 
 
-def test_dropped_port_forward_ends_the_program_with_a_message(kube, kube_tether, tmp_path):
-    kube.deploy("silly-demo", "staging", env=POD_ENV)
-    t, box = run_in_background(kube_tether, tmp_path, SEED)
-    kube.drop_port_forwards()
-    t.join(15)
-    res = box["res"]
-    assert res.returncode != 0
-    assert "lost the connection to the agent in pod/silly-demo-" in res.stderr, res.stderr
-    assert "run the command again" in res.stderr
-
-
 def test_ls_lists_the_namespaces_targets(kube, kube_tether):
     [pod] = kube.deploy("silly-demo", "staging")
     kube.deploy("multi", "staging", containers=("app", "istio-proxy"), service=False)
