@@ -49,8 +49,8 @@ def _fast_exec(opts: dict[str, str], command: list[str]) -> int:
     try:
         loaded = load_checked(opts.get("config_file"), opts.get("target"),
                               opts.get("namespace"))
-        for warning in loaded.warnings:
-            say(f"tether: config: {warning}")
+        for line in loaded.report():  # warnings, and the keys tether does not act on
+            say(f"tether: config: {line}")
         config, tgt = prepare_target(loaded.config)
         run_exec(config, tgt, command)
     except (ConfigProblem, TargetError, ExecError) as exc:
