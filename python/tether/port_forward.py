@@ -159,6 +159,9 @@ async def run(orch: Any, mappings: list[Mapping]) -> str:
     """Start the agent, serve the mappings until the session ends; return why it ended
     ("" for Ctrl-C / SIGTERM)."""
     await orch.start()
+    ready = getattr(orch, "ready", None)
+    if ready is not None:  # start() may return before the agent has answered
+        await ready()
     forwarder = PortForwarder(orch, mappings)
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
