@@ -46,3 +46,13 @@ def test_a_short_buffer_gets_enametoolong_as_from_libc(tether, pod_factory, tmp_
     pod = pod_factory("host")
     res = tether(pod, [str(tmp_path / "short")])
     assert res.stdout.split() == ["-1", "ENAMETOOLONG"], res.stderr
+
+
+def test_the_targets_hostname_resolves(tether, pod_factory):
+    """The incumbent's hostname test also resolves the name it got (mirrord issue 3098):
+    the name resolves with the target's /etc/hosts, where the pod's own name is."""
+    pod = pod_factory("host")
+    res = tether(pod, [sys.executable, "-c",
+                       "import socket; print(socket.gethostbyname(socket.gethostname()))"])
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == pod.ip

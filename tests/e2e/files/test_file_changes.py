@@ -172,3 +172,60 @@ def test_fs_mode_flag_overrides_the_config_file(tether, app, fsprobe):
     res = tether(app.pod, [fsprobe, "cat", app.conf], config={"feature": {"fs": "local"}},
                  args=["--fs-mode", "read"])
     assert res.stdout == "remote copy\n", res.stderr
+
+
+UNLINK_SCENE = r"""
+import json, os, sys
+d, src = sys.argv[1], sys.argv[2]
+out = {}
+# unlink of a remote file that is still open, then unlinkat through a remote directory fd
+os.makedirs(d + "/remote_test/test_unlink", exist_ok=True)
+path = d + "/remote_test/test_unlink/f"
+open(path, "w").write("x")
+held = open(path)
+os.unlink(path)
+held.close()
+out["unlinked"] = not os.path.isfile(path)
+open(path, "w").write("y")
+dir_fd = os.open(d + "/remote_test/test_unlink", os.O_RDONLY | os.O_DIRECTORY)
+os.unlink("f", dir_fd=dir_fd)
+os.close(dir_fd)
+out["unlinkat"] = not os.path.isfile(path)
+# an opened directory keeps its identity when its old name is reused
+os.makedirs(d + "/original")
+open(d + "/original/victim", "w").write("old")
+dir_fd = os.open(d + "/original", os.O_RDONLY | os.O_DIRECTORY)
+os.rename(d + "/original", d + "/moved")
+os.mkdir(d + "/original")
+open(d + "/original/victim", "w").write("replacement")
+os.unlink("victim", dir_fd=dir_fd)
+out["identity"] = [os.path.exists(d + "/moved/victim"), open(d + "/original/victim").read()]
+# a mapped path: created and removed where the mapping points
+os.makedirs(src + "/test_unlink", exist_ok=True)
+out["mapped_dir"] = os.path.isdir(d + "/sink/test_unlink")
+open(src + "/test_unlink/g", "w").write("z")
+os.unlink(src + "/test_unlink/g")
+out["mapped_unlink"] = not os.path.exists(d + "/sink/test_unlink/g")
+print(json.dumps(out))
+"""
+
+
+def test_the_incumbents_unlink_scenes_on_read_write_paths(tether, app):
+    """mirrord's own `files_unlink.py` scenes, in read mode with the paths made
+    `read_write` (mirrord's filter checks read_write first): unlink of an open file,
+    unlinkat through a directory descriptor, a directory's identity kept when its name is
+    reused, and unlink on a `mapping`ed path."""
+    d = str(app.dir)
+    src = f"/srv/tether-src-{app.dir.name}"
+    config = {"feature": {"fs": {"read_write": [f"^{d}", f"^{src}"],
+                                 "mapping": {f"^{src}": f"{d}/sink"}}}}
+    res = tether(app.pod, [sys.executable, "-c", UNLINK_SCENE, d, src], config=config)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == {"unlinked": True, "unlinkat": True,
+                                      "identity": [False, "replacement"], "mapped_dir": True,
+                                      "mapped_unlink": True}
+    pod_dir = app.pod.root / d.lstrip("/")
+    assert sorted(os.listdir(pod_dir)) == ["app.conf", "moved", "original", "remote_test",
+                                           "secret.txt", "sink"]
+    assert sorted(os.listdir(app.dir)) == ["app.conf"]  # none of it on this machine
+    assert not os.path.exists(src)
