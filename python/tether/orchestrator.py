@@ -182,7 +182,9 @@ class Orchestrator:
 
     def _layer_config_needs_agent(self) -> bool:
         """Host names in the outgoing filter become the addresses the agent resolves them
-        to (features/outgoing.py): the layer's table waits for the agent then."""
+        to (features/outgoing.py): the layer's table waits for the agent then.  (The
+        hostname of a local process target is read here when the feature is built,
+        features/hostname.py, so it does not make the program wait.)"""
         flt = self.config.feature.network.outgoing.filter
         return flt is not None and any(getattr(e, "host", None) for e in flt.entries)
 
@@ -401,3 +403,4 @@ async def _wait_pid(pid: int) -> None:
 
 
 __all__ = ["Orchestrator", "RemoteError"]
+
