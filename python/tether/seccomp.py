@@ -51,7 +51,7 @@ from typing import Any
 
 from . import protocol
 from .elfinfo import inspect as inspect_elf
-from .features.files import ENOENT, EROFS, LOCAL, decide, program_config
+from .features.files import ENOENT, LOCAL, decide, program_config
 from .link import LinkClosed, RemoteError
 
 log = logging.getLogger("tether.seccomp")
@@ -266,8 +266,8 @@ class Supervisor:
         if decision == LOCAL:
             self._continue(nid)
             return None
-        if decision in (ENOENT, EROFS):
-            self._answer(nid, err=errno.ENOENT if decision == ENOENT else errno.EROFS)
+        if decision == ENOENT:
+            self._answer(nid, err=errno.ENOENT)
             return None
         return PathCall(nid, tid, name, path, flags, mode, buf, follow)
 

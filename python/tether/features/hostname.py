@@ -2,8 +2,10 @@
 ``uname()`` and so ``hostname``, Python's ``socket.gethostname()`` and Node's
 ``os.hostname()`` answer the target's hostname.
 
-The name is asked of the agent once at start and put in the layer's table (``hn``); the
-layer's hooks (``csrc/hostname.c``) answer from it without a round trip.
+The name goes into the layer's table (``hn``); the layer's hooks (``csrc/hostname.c``)
+answer from it without a round trip.  A target that is a process on this machine is asked
+here, as its environment is (the program may start before the agent answers); any other
+target's agent is asked at start, before the layer's table is written.
 """
 
 from __future__ import annotations
@@ -25,12 +27,25 @@ class Feature:
         self.orch = orch
         self.enabled = bool(orch.config.feature.hostname)
         self.hostname: str | None = None
+        pid = getattr(orch.target, "pid", None)
+        self.local = (self.enabled and isinstance(pid, int)
+                      and getattr(orch.target, "environ", None) is not None)
+        if self.local:
+            from ..agent.hostname import target_hostname
+            from ..link import RemoteError
+
+            try:
+                self._take(target_hostname(pid))
+            except RemoteError as exc:
+                log.warning("%s; the program sees this machine's hostname", exc.message)
 
     async def start(self) -> None:
-        if not self.enabled:
+        if not self.enabled or self.local:
             return
         reply = await self.orch.agent.call({"t": "agent_hostname"})
-        name = str(reply["hostname"])
+        self._take(str(reply["hostname"]))
+
+    def _take(self, name: str) -> None:
         if _NAME.match(name):
             self.hostname = name
             log.debug("hostname: %s", name)

@@ -42,14 +42,16 @@ def test_go_program_reads_the_pods_files_read_only_and_its_own_locally(
         tether, goprobe, staging, tmp_path):
     mine = tmp_path / "mine.txt"
     mine.write_text("local\n")
+    # read mode, as the incumbent: a write of a remote path opens this machine's path, so
+    # a path whose directory exists only in the pod fails as it does here (ENOENT)
     res = tether(staging.pod, [goprobe["1.19"], "stat=/etc/tether-go-app.conf",
-                               "write=/etc/tether-go-app.conf", f"cat={mine}",
+                               "write=/etc/tether-go-nowhere/app.conf", f"cat={mine}",
                                f"write={tmp_path / 'out.txt'}", "stat=/etc/no-such-file"])
     assert res.returncode == 0, res.stderr
     out = res.stdout
     assert "stat /etc/tether-go-app.conf size 16" in out, out
-    assert "write /etc/tether-go-app.conf open /etc/tether-go-app.conf: read-only file " \
-           "system" in out, out
+    assert "write /etc/tether-go-nowhere/app.conf open /etc/tether-go-nowhere/app.conf: no " \
+           "such file or directory" in out, out
     assert f'cat {mine}: "local\\n" <nil>' in out, out
     assert f"write {tmp_path / 'out.txt'} <nil>" in out
     assert (tmp_path / "out.txt").read_text() == "from the laptop\n"
