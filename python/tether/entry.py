@@ -39,20 +39,26 @@ from .starter import (  # noqa: E402
     load_checked,
     prepare_target,
     say,
+    setup_logging,
 )
 
 
 def _fast_exec(opts: dict[str, str], command: list[str]) -> int:
-    from .starter import run_exec
+    from .starter import Starting
     from .targets import TargetError
 
     try:
+        # A process target named on the command line: the orchestrator can be forked
+        # before the config is read (its imports overlap ours; see Starting).
+        early = (Starting(command) if opts.get("target", "").startswith("process/")
+                 else None)
+        setup_logging()  # what resolving a Kubernetes target says
         loaded = load_checked(opts.get("config_file"), opts.get("target"),
                               opts.get("namespace"))
         for warning in loaded.warnings:
             say(f"tether: config: {warning}")
         config, tgt = prepare_target(loaded.config)
-        run_exec(config, tgt, command)
+        (early or Starting(command)).run(config, tgt)
     except (ConfigProblem, TargetError, ExecError) as exc:
         say(f"Error: {exc}")
         return 1

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -104,7 +103,7 @@ class Orchestrator:
         start-up, and layer sessions wait for it (``_on_layer``).  A failure after that
         point ends the session like a lost agent does (``serve``)."""
         self.target.check()
-        secret = self.agent_secret or secrets.token_hex(16)
+        secret = self.agent_secret or os.urandom(16).hex()  # as secrets.token_hex
         conn = await self.target.start_agent(secret, agent_log_level())
         self.agent = Link(conn.sock, name="agent-link")
         self._tasks.append(asyncio.create_task(self.agent.serve()))
