@@ -58,7 +58,7 @@ def _fast_exec(opts: dict[str, str], command: list[str]) -> int:
         for warning in loaded.warnings:
             say(f"tether: config: {warning}")
         config, tgt = prepare_target(loaded.config)
-        (early or Starting(command)).run(config, tgt)
+        (early or Starting(command, (config, tgt))).run(config, tgt)
     except (ConfigProblem, TargetError, ExecError) as exc:
         say(f"Error: {exc}")
         return 1

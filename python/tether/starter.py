@@ -145,7 +145,7 @@ def layer_path() -> str:
 
 
 def run_exec(config: Any, target: Any, command: list[str]) -> NoReturn:
-    Starting(command).run(config, target)
+    Starting(command, (config, target)).run(config, target)
 
 
 class Starting:
@@ -154,10 +154,13 @@ class Starting:
     The orchestrator is forked before the config is read when the caller can (``tether
     exec -t process/N``, ``tether.entry``): its imports (asyncio, the features) then run on
     the other core while this process reads the config and checks the target, and it
-    receives both, pickled, over the channel (the same program on both ends)."""
+    receives both, pickled, over the channel (the same program on both ends).  Given
+    ``session`` (config, target), the orchestrator is forked with them (a Kubernetes target
+    holds API clients that cannot be pickled)."""
 
-    def __init__(self, command: list[str]) -> None:
+    def __init__(self, command: list[str], session: tuple[Any, Any] | None = None) -> None:
         self.command = command
+        self.preset = session is not None
         layer_so = layer_path()
         self.chan, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         live_r, self.live_w = os.pipe()
@@ -177,7 +180,8 @@ class Starting:
                 os.setsid()  # the terminal's Ctrl-C belongs to the program, not to us
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-                code = _orchestrator_main(theirs, live_r, parent_pid, layer_so, command)
+                code = _orchestrator_main(theirs, live_r, parent_pid, layer_so, command,
+                                          session)
             except BaseException:  # never return into the caller in the forked child
                 import traceback
 
@@ -189,15 +193,17 @@ class Starting:
         os.close(live_r)
 
     def run(self, config: Any, target: Any) -> NoReturn:
-        import pickle
 
         command = self.command
-        blob = pickle.dumps((config, target), protocol=pickle.HIGHEST_PROTOCOL)
-        try:
-            self.chan.sendall(len(blob).to_bytes(4, "big") + blob)
-        except OSError:
-            raise ExecError("the tether orchestrator exited before the session started "
-                            "(run with TETHER_LOG=debug for details)") from None
+        if not self.preset:
+            import pickle
+
+            blob = pickle.dumps((config, target), protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                self.chan.sendall(len(blob).to_bytes(4, "big") + blob)
+            except OSError:
+                raise ExecError("the tether orchestrator exited before the session started "
+                                "(run with TETHER_LOG=debug for details)") from None
         # While the orchestrator works: is the program static (seccomp)?  Decided with our
         # PATH; again below in the rare case the session's PATH differs (an include).
         path = os.environ.get("PATH")
@@ -359,7 +365,7 @@ def _wait_ready(chan: socket.socket, started: float, what: str) -> dict[str, Any
 
 # ---- the orchestrator's process ----
 def _orchestrator_main(chan: socket.socket, live_r: int, parent_pid: int, layer_so: str,
-                       command: list[str]) -> int:
+                       command: list[str], session: tuple[Any, Any] | None) -> int:
     from .lifetime import pipe_inode, start_watchdog
 
     null = os.open(os.devnull, os.O_RDWR)
@@ -377,7 +383,8 @@ def _orchestrator_main(chan: socket.socket, live_r: int, parent_pid: int, layer_
 
         feature_classes()
         setup_logging()
-        session = _receive_session(chan)
+        if session is None:
+            session = _receive_session(chan)
         if session is None:
             return 0
         config, target = session
