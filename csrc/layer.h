@@ -64,6 +64,13 @@ TL_HIDDEN int tl_in_getpeername(int fd, struct sockaddr *addr, socklen_t *alen);
 /* A socket outgoing made remote in relay mode: its target-side address; 1 if fd is one. */
 TL_HIDDEN int tl_out_getsockname(int fd, struct sockaddr *addr, socklen_t *alen);
 
+/* ---- unix.c ---- */
+/* connect() of a Unix socket: served in the target if its name matches unix_streams
+ * (*handled = 1, the result returned), else *handled = 0. */
+TL_HIDDEN int tl_unix_connect(int fd, const struct sockaddr *addr, socklen_t len,
+                              int (*real_connect)(int, const struct sockaddr *, socklen_t),
+                              int *handled);
+
 /* ---- channel.c: the per-process session with the orchestrator ---- */
 /* The channel's descriptor (-1: none); read on every close(), so a plain variable. */
 extern int tl_chan_fd TL_HIDDEN;

@@ -55,8 +55,8 @@ def _fast_exec(opts: dict[str, str], command: list[str]) -> int:
         setup_logging()  # what resolving a Kubernetes target says
         loaded = load_checked(opts.get("config_file"), opts.get("target"),
                               opts.get("namespace"))
-        for warning in loaded.warnings:
-            say(f"tether: config: {warning}")
+        for line in loaded.report():  # as tether.cli logs them
+            say(f"tether: config: {line}")
         config, tgt = prepare_target(loaded.config)
         (early or Starting(command, (config, tgt))).run(config, tgt)
     except (ConfigProblem, TargetError, ExecError) as exc:

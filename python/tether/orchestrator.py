@@ -34,6 +34,7 @@ from .environment import compute_env
 from .features import feature_classes
 from .link import Handler, Link, LinkClosed, RemoteError, serve_unix
 from .protocol import Message
+from .reconnect import keep_connected
 from .targets import Target, TargetError
 
 log = logging.getLogger("tether")
@@ -105,11 +106,11 @@ class Orchestrator:
         self.target.check()
         secret = self.agent_secret or os.urandom(16).hex()  # as secrets.token_hex
         conn = await self.target.start_agent(secret, agent_log_level())
-        self.agent = Link(conn.sock, name="agent-link")
+        self.agent = Link(conn.sock, name="agent-link", resumable=conn.reconnect is not None)
         self._tasks.append(asyncio.create_task(self.agent.serve()))
         timeout = float(self.config.agent.startup_timeout)
         classes = feature_classes()  # imports: the agent starts up meanwhile
-        auth = asyncio.create_task(self._authenticate(secret, timeout))
+        auth = asyncio.create_task(self._authenticate(secret, timeout, conn.reconnect))
         self._tasks.append(auth)
         environ = getattr(self.target, "environ", None)
         early = environ is not None and not self._layer_config_needs_agent()
@@ -149,7 +150,7 @@ class Orchestrator:
         env.update(self.layer_variables())
         return env
 
-    async def _authenticate(self, secret: str, timeout: float) -> None:
+    async def _authenticate(self, secret: str, timeout: float, reconnect: Any = None) -> None:
         try:
             hello = await self._agent_call(
                 {"t": "auth", "v": protocol.VERSION, "secret": secret}, timeout
@@ -159,6 +160,10 @@ class Orchestrator:
             raise TargetError(
                 f"the agent did not start in {self.target.describe()}: {reason}") from None
         log.info("agent ready in %s (%s)", self.target.describe(), hello["agent"])
+        if reconnect is not None:  # a dropped port-forward is re-established
+            assert self.agent is not None
+            self._tasks.append(asyncio.create_task(keep_connected(
+                self.agent, reconnect, secret, self.target.describe())))
 
     async def _finish(self, auth: asyncio.Task[None]) -> None:
         """The rest of the start-up: the agent's answer, then the features' start."""

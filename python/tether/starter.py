@@ -37,12 +37,15 @@ class ConfigProblem(Exception):
     """The config cannot be used; the message lists every problem by its JSON path."""
 
 
-def load_checked(config_file: str | None, target: str | None, namespace: str | None) -> Any:
-    """load_config plus what only shows at exec (the environment must fit exec)."""
+def load_checked(config_file: str | None, target: str | None, namespace: str | None,
+                 flag_overrides: dict[str, Any] | None = None) -> Any:
+    """load_config plus what only shows at exec (the environment must fit exec).
+
+    ``flag_overrides``: the config the command line's flags amount to (``cli_flags``)."""
     from .config import ConfigError, load_config
     from .environment import exec_limit_problems
 
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = dict(flag_overrides or {})
     if target or namespace:
         tgt: dict[str, Any] = {}
         if target:
