@@ -196,12 +196,16 @@ class Starting:
         os.close(live_r)
 
     def run(self, config: Any, target: Any) -> NoReturn:
-
         command = self.command
         if not self.preset:
             import pickle
 
-            blob = pickle.dumps((config, target), protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                blob = pickle.dumps((config, target), protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception:  # something in them cannot be pickled: fork with them instead
+                self.chan.close()  # that orchestrator sees EOF and leaves quietly
+                os.close(self.live_w)
+                Starting(command, (config, target)).run(config, target)
             try:
                 self.chan.sendall(len(blob).to_bytes(4, "big") + blob)
             except OSError:
