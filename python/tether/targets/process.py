@@ -160,6 +160,12 @@ class ProcessTarget:
             raise TargetError(f"cannot read the environment of process {self.pid}: "
                               "permission denied") from None
 
+    def hostname(self) -> str:
+        """The target's hostname, learned here as the agent would (feature.hostname)."""
+        from ..agent.hostname import target_hostname
+
+        return target_hostname(self.pid)
+
     async def _pump_stderr(self, stream: asyncio.StreamReader) -> None:
         log = _log()
 
