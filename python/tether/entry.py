@@ -44,21 +44,20 @@ from .starter import (  # noqa: E402
 
 
 def _fast_exec(opts: dict[str, str], command: list[str]) -> int:
-    from .starter import Starting
+    from .starter import run_exec
     from .targets import TargetError
 
     try:
-        # A process target named on the command line: the orchestrator can be forked
-        # before the config is read (its imports overlap ours; see Starting).
-        early = (Starting(command) if opts.get("target", "").startswith("process/")
-                 else None)
-        setup_logging()  # what resolving a Kubernetes target says
+        # Imported here, before the fork, the modules the orchestrator needs too are
+        # imported once (forking first to overlap them with the config was measured: no
+        # gain on two idle cores, a loss on busy ones; docs/architecture.md).
+        setup_logging()
         loaded = load_checked(opts.get("config_file"), opts.get("target"),
                               opts.get("namespace"))
         for line in loaded.report():  # as tether.cli logs them
             say(f"tether: config: {line}")
         config, tgt = prepare_target(loaded.config)
-        (early or Starting(command, (config, tgt))).run(config, tgt)
+        run_exec(config, tgt, command)
     except (ConfigProblem, TargetError, ExecError) as exc:
         say(f"Error: {exc}")
         return 1

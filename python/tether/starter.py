@@ -148,111 +148,56 @@ def layer_path() -> str:
 
 
 def run_exec(config: Any, target: Any, command: list[str]) -> NoReturn:
-    Starting(command, (config, target)).run(config, target)
+    layer_so = layer_path()
+    chan, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    live_r, live_w = os.pipe()
+    parent_pid = os.getpid()
+    started = time.monotonic()
+    # Until the orchestrator is in its own session a terminal's Ctrl-C would reach it too:
+    # it inherits SIGINT blocked, and ignores it once it has left our process group.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    pid = os.fork()
+    if pid == 0:
+        chan.close()
+        os.close(live_w)
+        code = 1
+        try:
+            os.setsid()  # the terminal's Ctrl-C belongs to the program, not to us
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            code = _orchestrator_main(config, target, theirs, live_r, parent_pid, layer_so,
+                                      command)
+        except BaseException:  # never return into the caller in the forked child
+            import traceback
 
-
-class Starting:
-    """A ``tether exec`` between the orchestrator's fork and the program's exec.
-
-    The orchestrator is forked before the config is read when the caller can (``tether
-    exec -t process/N``, ``tether.entry``): its imports (asyncio, the features) then run on
-    the other core while this process reads the config and checks the target, and it
-    receives both, pickled, over the channel (the same program on both ends).  Given
-    ``session`` (config, target), the orchestrator is forked with them (a Kubernetes target
-    holds API clients that cannot be pickled)."""
-
-    def __init__(self, command: list[str], session: tuple[Any, Any] | None = None) -> None:
-        self.command = command
-        self.preset = session is not None
-        layer_so = layer_path()
-        self.chan, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        live_r, self.live_w = os.pipe()
-        parent_pid = os.getpid()
-        self.started = time.monotonic()
-        # Until the orchestrator is in its own session a terminal's Ctrl-C would reach it
-        # too: it inherits SIGINT blocked, and ignores it once it has left our group.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        pid = os.fork()
-        if pid == 0:
-            self.chan.close()
-            os.close(self.live_w)
-            code = 1
-            try:
-                os.setsid()  # the terminal's Ctrl-C belongs to the program, not to us
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-                code = _orchestrator_main(theirs, live_r, parent_pid, layer_so, command,
-                                          session)
-            except BaseException:  # never return into the caller in the forked child
-                import traceback
-
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        theirs.close()
-        os.close(live_r)
-
-    def run(self, config: Any, target: Any) -> NoReturn:
-        command = self.command
-        if not self.preset:
-            import pickle
-
-            try:
-                blob = pickle.dumps((config, target), protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception:  # something in them cannot be pickled: fork with them instead
-                self.chan.close()  # that orchestrator sees EOF and leaves quietly
-                os.close(self.live_w)
-                Starting(command, (config, target)).run(config, target)
-            try:
-                self.chan.sendall(len(blob).to_bytes(4, "big") + blob)
-            except OSError:
-                raise ExecError("the tether orchestrator exited before the session started "
-                                "(run with TETHER_LOG=debug for details)") from None
-        # While the orchestrator works: is the program static (seccomp)?  Decided with our
-        # PATH; again below in the rare case the session's PATH differs (an include).
-        path = os.environ.get("PATH")
-        static = _seccomp_wanted(command, {"PATH": path} if path is not None else {})
-        reply = _wait_ready(self.chan, self.started, target.describe())
-        if reply is None:
-            raise ExecError("the tether orchestrator exited before the session started "
-                            "(run with TETHER_LOG=debug for details)")
-        if reply["t"] == "session_failed":
-            raise ExecError(reply["message"])
-        env = reply["env"]
-        if env.get("PATH") != path:
-            static = _seccomp_wanted(command, env)
-        _hand_over_syscalls(self.chan, command, env, static)
-        self.chan.close()
-        env[LIVENESS_VAR] = str(_inheritable_high(self.live_w))
-        if os.environ.get("TETHER_LOG", "").lower() == "debug":
-            say(f"tether: session ready after {(time.monotonic() - self.started) * 1000:.0f} "
-                f"ms; exec {command[0]}")
-        become(command, env)
-
-
-def _receive_session(chan: socket.socket) -> tuple[Any, Any] | None:
-    """The config and the target from tether exec; None when it gave up (an error it
-    reports itself, or Ctrl-C)."""
-    import pickle
-
-    def exactly(n: int) -> bytes | None:
-        data = b""
-        while len(data) < n:
-            chunk = chan.recv(n - len(data))
-            if not chunk:
-                return None
-            data += chunk
-        return data
-
-    head = exactly(4)
-    blob = exactly(int.from_bytes(head, "big")) if head else None
-    if blob is None:
-        return None
-    config, target = pickle.loads(blob)
-    return config, target
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    theirs.close()
+    os.close(live_r)
+    # While the orchestrator works: is the program static (seccomp)?  Decided with our PATH;
+    # again below in the rare case the session's PATH differs (an explicit include).
+    path = os.environ.get("PATH")
+    static = _seccomp_wanted(command, {"PATH": path} if path is not None else {})
+    reply = _wait_ready(chan, started, target.describe())
+    if reply is None:
+        raise ExecError("the tether orchestrator exited before the session started "
+                        "(run with TETHER_LOG=debug for details)")
+    if reply["t"] == "session_failed":
+        raise ExecError(reply["message"])
+    env = reply["env"]
+    if env.get("PATH") != path:
+        static = _seccomp_wanted(command, env)
+    _hand_over_syscalls(chan, command, env, static)
+    chan.close()
+    env[LIVENESS_VAR] = str(_inheritable_high(live_w))
+    if os.environ.get("TETHER_LOG", "").lower() == "debug":
+        say(f"tether: session ready after {(time.monotonic() - started) * 1000:.0f} ms; "
+            f"exec {command[0]}")
+    become(command, env)
 
 
 def _inheritable_high(fd: int) -> int:
@@ -371,8 +316,8 @@ def _wait_ready(chan: socket.socket, started: float, what: str) -> dict[str, Any
 
 
 # ---- the orchestrator's process ----
-def _orchestrator_main(chan: socket.socket, live_r: int, parent_pid: int, layer_so: str,
-                       command: list[str], session: tuple[Any, Any] | None) -> int:
+def _orchestrator_main(config: Any, target: Any, chan: socket.socket, live_r: int,
+                       parent_pid: int, layer_so: str, command: list[str]) -> int:
     from .lifetime import pipe_inode, start_watchdog
 
     null = os.open(os.devnull, os.O_RDWR)
@@ -382,21 +327,14 @@ def _orchestrator_main(chan: socket.socket, live_r: int, parent_pid: int, layer_
     watchdog = start_watchdog(parent_pid, pipe_inode(live_r),
                               keep_going=os.environ.get("TETHER_KEEP_GOING") == "1")
     try:
-        # What every session needs, imported while tether exec reads the config.
-        import asyncio  # noqa: F401
-
+        # What every session needs, imported before the agent is forked: it inherits them.
         from .features import feature_classes
         from .orchestrator import Orchestrator
 
         feature_classes()
         setup_logging()
-        if session is None:
-            session = _receive_session(chan)
-        if session is None:
-            return 0
-        config, target = session
         # A process target forks its agent now, so that the agent's start-up runs in
-        # parallel with the orchestrator's.
+        # parallel with the rest of the orchestrator's.
         secret = ""
         prestart = getattr(target, "prestart_agent", None)
         if prestart is not None:

@@ -150,10 +150,11 @@ class ProcessTarget:
     def environ(self) -> dict[str, str]:
         """The target's environment, read here: the same file the agent would read, one
         round trip (and the agent's start-up) off the program's start."""
-        from ..agent.server import read_environ
+        from ..environment import parse_environ
 
         try:
-            return read_environ(self.pid)
+            with open(f"/proc/{self.pid}/environ", "rb") as f:
+                return parse_environ(f.read())
         except (FileNotFoundError, ProcessLookupError):
             raise TargetError(f"target process {self.pid} has exited") from None
         except PermissionError:
