@@ -199,3 +199,20 @@ def test_killed_orchestrator_with_keep_going_tells_once_and_lets_the_program_run
     os.killpg(proc.pid, signal.SIGTERM)
     proc.communicate(timeout=10)
     eventually_nothing_left(target, session_tmp, "keep-going-scene")
+
+
+def test_target_gone_while_only_background_processes_remain_tells_them_and_stops_them(
+        pod_factory, session_tmp, tmp_path):
+    target = pod_factory("lifetime-gone")
+    log = tmp_path / "worker.log"
+    res = run_tether(target, ["sh", "-c", f"sleep 30 >/dev/null 2>>'{log}' & echo started"],
+                     session_tmp)
+    assert "keep the session open in the background" in res.stderr, res.stderr
+    worker = int(re.search(r": (\d+) \(sleep\)", res.stderr).group(1))
+    os.kill(target.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{worker}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{worker}"), "the background process still runs"
+    assert f"target process {target.pid} has exited; stopping the program" in log.read_text()
+    eventually_nothing_left(target, session_tmp, f"2>>'{log}'")
