@@ -39,18 +39,22 @@ from .starter import (  # noqa: E402
     load_checked,
     prepare_target,
     say,
+    setup_logging,
 )
 
 
 def _fast_exec(opts: dict[str, str], command: list[str]) -> int:
-    from .starter import run_exec, setup_logging
+    from .starter import run_exec
     from .targets import TargetError
 
-    setup_logging()  # what resolving the target says (e.g. which container) is for the user
     try:
+        # Imported here, before the fork, the modules the orchestrator needs too are
+        # imported once (forking first to overlap them with the config was measured: no
+        # gain on two idle cores, a loss on busy ones; docs/architecture.md).
+        setup_logging()
         loaded = load_checked(opts.get("config_file"), opts.get("target"),
                               opts.get("namespace"))
-        for line in loaded.report():  # warnings, then the keys tether does not act on
+        for line in loaded.report():  # as tether.cli logs them
             say(f"tether: config: {line}")
         config, tgt = prepare_target(loaded.config)
         run_exec(config, tgt, command)

@@ -2,10 +2,8 @@
 ``uname()`` and so ``hostname``, Python's ``socket.gethostname()`` and Node's
 ``os.hostname()`` answer the target's hostname.
 
-The name goes into the layer's table (``hn``); the layer's hooks (``csrc/hostname.c``)
-answer from it without a round trip.  A target that is a process on this machine is asked
-here, as its environment is (the program may start before the agent answers); any other
-target's agent is asked at start, before the layer's table is written.
+The name is asked of the agent once at start and put in the layer's table (``hn``); the
+layer's hooks (``csrc/hostname.c``) answer from it without a round trip.
 """
 
 from __future__ import annotations
@@ -27,25 +25,30 @@ class Feature:
         self.orch = orch
         self.enabled = bool(orch.config.feature.hostname)
         self.hostname: str | None = None
-        pid = getattr(orch.target, "pid", None)
-        self.local = (self.enabled and isinstance(pid, int)
-                      and getattr(orch.target, "environ", None) is not None)
-        if self.local:
-            from ..agent.hostname import target_hostname
-            from ..link import RemoteError
+        self._asked = False  # the target's answer is in (even one the layer cannot carry)
 
-            try:
-                self._take(target_hostname(pid))
-            except RemoteError as exc:
-                log.warning("%s; the program sees this machine's hostname", exc.message)
+    def prepare_layer_config(self) -> bool:
+        """A target on this machine names its host without the agent (``hostname()`` of a
+        process target); then the layer's table is complete before ``start``."""
+        local = getattr(self.orch.target, "hostname", None)
+        if not self.enabled:
+            return True
+        if local is None:
+            return False
+        try:
+            self._accept(local())
+        except Exception:  # the agent's answer will say why
+            return False
+        return True
 
     async def start(self) -> None:
-        if not self.enabled or self.local:
+        if not self.enabled or self._asked:
             return
         reply = await self.orch.agent.call({"t": "agent_hostname"})
-        self._take(str(reply["hostname"]))
+        self._accept(str(reply["hostname"]))
 
-    def _take(self, name: str) -> None:
+    def _accept(self, name: str) -> None:
+        self._asked = True
         if _NAME.match(name):
             self.hostname = name
             log.debug("hostname: %s", name)

@@ -66,6 +66,11 @@ class Feature:
         self.relays = relay.table(self.agent)  # shared with incoming; reset when the link ends
         await self._resolve_filter_names()
 
+    def prepare_layer_config(self) -> bool:
+        """The table is complete before ``start`` unless the filter names hosts (the agent
+        resolves them there)."""
+        return self.out.filter is None or not any(e.host for e in self.out.filter.entries)
+
     async def stop(self) -> None:
         if self.relays is not None:
             self.relays.abort_all()
