@@ -102,9 +102,10 @@ static int is_path_call(int nr) {
     return 0;
 }
 
-/* `name` is an item of the ","-separated `list`. */
+/* `name` is an item of the ","-separated `list` ("*": any name). */
 static int in_names(const char *name, const char *list) {
     size_t nl = strlen(name);
+    if (list && list[0] == '*' && !list[1]) return 1;
     for (const char *p = list; p && *p;) {
         const char *end = strchr(p, ',');
         size_t l = end ? (size_t)(end - p) : strlen(p);
@@ -117,7 +118,7 @@ static int in_names(const char *name, const char *list) {
 
 /* Block until a trapped call arrives that the supervisor must see; 0 or -errno (ENOENT:
  * the caller died meanwhile).  A path call (open, stat...) of an executable named in
- * `skip_names` (","-separated base names: build tools, debuggers), with a path in
+ * `skip_names` (","-separated base names: build tools, debuggers; "*": all), with a path in
  * `skip_exes` (","-separated: programs the layer reaches, which decide their files
  * themselves) or from a Go toolchain's own tools (.../pkg/tool/...) continues here: a
  * build compiles thousands of files and must not wait for Python each time. */

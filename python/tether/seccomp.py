@@ -137,8 +137,8 @@ class Supervisor:
         self._dns = bool(orch.config.feature.network.dns.enabled)
         self._paths_on = self._files is not None and (
             orch.config.feature.fs.mode != "local" or self._dns)
-        self._skip_names = self.ffi.new("char[]", _config_value(orch.layer_config(),
-                                                                "skip").encode())
+        skip = _config_value(orch.layer_config(), "skip") if self._paths_on else "*"
+        self._skip_names = self.ffi.new("char[]", skip.encode())
         self._skip_exe_list: list[str] = []
         self._skip_exes = self.ffi.new("char[]", b"")
         self._keep: list[Any] = []  # buffers the C loop may still read
