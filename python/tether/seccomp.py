@@ -254,7 +254,11 @@ class Supervisor:
         if not raw:
             self._continue(nid)
             return None
-        path = os.fsdecode(raw)
+        try:
+            path = raw.decode()
+        except UnicodeDecodeError:
+            self._continue(nid)  # the protocol carries paths as UTF-8 text, as the layer's
+            return None
         if not path.startswith("/"):
             if dirfd != AT_FDCWD:
                 self._continue(nid)  # relative to a descriptor: resolves natively
