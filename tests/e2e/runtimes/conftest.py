@@ -34,6 +34,15 @@ def goprobe(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def static_resolve(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """tests/programs/resolve.c linked statically (glibc)."""
+    exe = tmp_path_factory.mktemp("static") / "resolve"
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(exe), str(PROGRAMS / "resolve.c")],
+                   check=True, capture_output=True, timeout=120)
+    return str(exe)
+
+
+@pytest.fixture(scope="session")
 def probes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
     """Command lines of the JVM and Ruby probes (the Java class compiled once)."""
     out = tmp_path_factory.mktemp("jvm")

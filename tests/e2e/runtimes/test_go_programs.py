@@ -38,6 +38,17 @@ def test_go_service_finds_its_database_by_short_name_and_reads_the_pods_files(
     assert "stay local" not in res.stderr
 
 
+@pytest.mark.parametrize("relay", [False, True], ids=["socket-handed-over", "relayed"])
+def test_static_c_program_resolves_short_names_and_reads_the_pods_files(
+        tether, static_resolve, staging, relay):
+    res = tether(staging.pod, [static_resolve, "svc-db", "legacy-db", "/etc/tether-go-app.conf"],
+                 env=RELAYED if relay else None)
+    assert res.returncode == 0, res.stderr
+    assert f"lookup svc-db: {staging.db.ip}" in res.stdout, res.stdout + res.stderr
+    assert f"lookup legacy-db: {staging.db.ip}" in res.stdout, res.stdout
+    assert "cat /etc/tether-go-app.conf: dsn=svc-db:7000" in res.stdout, res.stdout
+
+
 def test_go_program_reads_the_pods_files_read_only_and_its_own_locally(
         tether, goprobe, staging, tmp_path):
     mine = tmp_path / "mine.txt"
