@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 from runtimes_support import GOPROBE, go_env
@@ -54,18 +53,20 @@ def test_go_program_reads_the_pods_files_read_only_and_its_own_locally(
     mine = tmp_path / "mine.txt"
     mine.write_text("local\n")
     res = tether(staging.pod, [goprobe["1.19"], "stat=/etc/tether-go-app.conf",
+                               "ls=/srv/tether-go-data",
                                "write=/etc/tether-go-app.conf", f"cat={mine}",
                                f"write={tmp_path / 'out.txt'}", "stat=/etc/no-such-file"])
     assert res.returncode == 0, res.stderr
     out = res.stdout
     assert "stat /etc/tether-go-app.conf size 16" in out, out
+    assert "ls /srv/tether-go-data [a.txt b.txt] <nil>" in out, out
     assert "write /etc/tether-go-app.conf open /etc/tether-go-app.conf: read-only file " \
            "system" in out, out
     assert f'cat {mine}: "local\\n" <nil>' in out, out
     assert f"write {tmp_path / 'out.txt'} <nil>" in out
     assert (tmp_path / "out.txt").read_text() == "from the laptop\n"
     assert "stat /etc/no-such-file error" in out
-    assert not Path("/etc/tether-go-app.conf").exists()  # the pod's file, not this machine's
+    assert (staging.pod.root / "etc/tether-go-app.conf").read_text() == "dsn=svc-db:7000\n"
 
 
 def test_go_run_builds_locally_and_runs_the_program_in_the_pods_context(

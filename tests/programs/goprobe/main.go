@@ -4,6 +4,7 @@
 //	lookup=NAME      net.LookupHost
 //	cat=PATH         os.ReadFile
 //	stat=PATH        os.Stat (size)
+//	ls=PATH          os.ReadDir (names)
 //	write=PATH       os.WriteFile
 //	exec=PATH ARGS   run another program (the rest of the arguments) and wait for it
 package main
@@ -45,6 +46,13 @@ func main() {
 			} else {
 				fmt.Println("stat", what, "size", st.Size())
 			}
+		case "ls":
+			entries, err := os.ReadDir(what)
+			names := []string{}
+			for _, e := range entries {
+				names = append(names, e.Name())
+			}
+			fmt.Println("ls", what, names, err)
 		case "write":
 			err := os.WriteFile(what, []byte("from the laptop\n"), 0o644)
 			fmt.Println("write", what, err)
