@@ -46,10 +46,17 @@ static int tether_sysno(const char *name) {
     if (!strcmp(name, "openat")) return SYS_openat;
     if (!strcmp(name, "newfstatat")) return SYS_newfstatat;
     if (!strcmp(name, "statx")) return SYS_statx;
+    if (!strcmp(name, "readlinkat")) return SYS_readlinkat;
+    if (!strcmp(name, "faccessat")) return SYS_faccessat;
+#ifdef SYS_faccessat2
+    if (!strcmp(name, "faccessat2")) return SYS_faccessat2;
+#endif
 #ifdef SYS_open
     if (!strcmp(name, "open")) return SYS_open;
     if (!strcmp(name, "stat")) return SYS_stat;
     if (!strcmp(name, "lstat")) return SYS_lstat;
+    if (!strcmp(name, "readlink")) return SYS_readlink;
+    if (!strcmp(name, "access")) return SYS_access;
 #endif
     return -1;
 }
@@ -88,10 +95,12 @@ static long read_string(pid_t pid, uint64_t addr, char *out, size_t cap) {
 /* Which argument of a path call is the path. */
 static int path_arg(int nr) {
 #ifdef SYS_open
-    if (nr == SYS_open || nr == SYS_stat || nr == SYS_lstat) return 0;
+    if (nr == SYS_open || nr == SYS_stat || nr == SYS_lstat || nr == SYS_readlink ||
+        nr == SYS_access)
+        return 0;
 #endif
     (void)nr;
-    return 1; /* openat, newfstatat, statx */
+    return 1; /* the *at calls and statx */
 }
 
 static int tether_notif_respond(int fd, uint64_t id, int64_t val, int32_t error, uint32_t flags);

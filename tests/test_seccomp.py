@@ -22,7 +22,7 @@ from tether.features.files import (
     encode_list,
     program_config,
 )
-from tether.seccomp import _normalize, _stat_bytes, _statx_bytes
+from tether.seccomp import _access_allowed, _normalize, _stat_bytes, _statx_bytes
 
 x86_64 = pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 struct stat")
 libc = ctypes.CDLL(None, use_errno=True)
@@ -97,3 +97,18 @@ def test_the_programs_own_directory_stays_local():
     config = program_config(READ + ";fs_lt=/work", "/opt2/tool/run")
     assert decide(config, "/work/x", False) == LOCAL
     assert decide(config, "/opt2/tool/x", False) == LOCAL
+
+
+@pytest.mark.parametrize("mode,owner,amode,cred,allowed", [
+    (0o100644, (1000, 1000), os.F_OK, (2000, 2000), True),
+    (0o100644, (1000, 1000), os.R_OK, (2000, 2000), True),
+    (0o100640, (1000, 1000), os.R_OK, (2000, 2000), False),
+    (0o100640, (1000, 1000), os.R_OK, (2000, 1000), True),   # group
+    (0o100600, (1000, 1000), os.R_OK | os.W_OK, (1000, 5), True),  # owner
+    (0o100644, (1000, 1000), os.X_OK, (0, 0), False),  # root: no one may execute it
+    (0o100744, (1000, 1000), os.X_OK, (0, 0), True),
+    (0o040700, (1000, 1000), os.X_OK | os.W_OK, (0, 0), True),  # root: any directory
+])
+def test_access_is_answered_from_the_targets_stat(mode, owner, amode, cred, allowed):
+    st = [0, 0, mode, 1, *owner] + [0] * 10
+    assert _access_allowed(st, amode, cred) is allowed

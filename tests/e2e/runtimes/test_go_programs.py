@@ -48,18 +48,24 @@ def test_static_c_program_resolves_short_names_and_reads_the_pods_files(
     assert "cat /etc/tether-go-app.conf: dsn=svc-db:7000" in res.stdout, res.stdout
 
 
+@pytest.mark.parametrize("version", ["1.19", "current"])  # current Go: faccessat2
 def test_go_program_reads_the_pods_files_read_only_and_its_own_locally(
-        tether, goprobe, staging, tmp_path):
+        tether, goprobe, staging, tmp_path, version):
     mine = tmp_path / "mine.txt"
     mine.write_text("local\n")
-    res = tether(staging.pod, [goprobe["1.19"], "stat=/etc/tether-go-app.conf",
-                               "ls=/srv/tether-go-data",
+    staging.pod.exec(["ln", "-s", "a.txt", "/srv/tether-go-data/current"], check=True)
+    res = tether(staging.pod, [goprobe[version], "stat=/etc/tether-go-app.conf",
+                               "ls=/srv/tether-go-data", "readlink=/srv/tether-go-data/current",
+                               "access=/etc/tether-go-app.conf", "access=/etc/no-such-file",
                                "write=/etc/tether-go-app.conf", f"cat={mine}",
                                f"write={tmp_path / 'out.txt'}", "stat=/etc/no-such-file"])
     assert res.returncode == 0, res.stderr
     out = res.stdout
     assert "stat /etc/tether-go-app.conf size 16" in out, out
-    assert "ls /srv/tether-go-data [a.txt b.txt] <nil>" in out, out
+    assert "ls /srv/tether-go-data [a.txt b.txt current] <nil>" in out, out
+    assert "readlink /srv/tether-go-data/current a.txt <nil>" in out, out
+    assert "access /etc/tether-go-app.conf r: <nil> w: read-only file system" in out, out
+    assert "access /etc/no-such-file r: no such file or directory" in out, out
     assert "write /etc/tether-go-app.conf open /etc/tether-go-app.conf: read-only file " \
            "system" in out, out
     assert f'cat {mine}: "local\\n" <nil>' in out, out
