@@ -185,7 +185,8 @@ class Supervisor:
                 try:
                     call = self._path_call(nid, tid, nr, args, exe, raw)
                 except (ProcessLookupError, FileNotFoundError):
-                    continue  # the caller is gone
+                    self._continue(nid)  # the caller is most likely gone: harmless then
+                    continue
                 except Exception:
                     log.exception("seccomp: deciding a path call of pid %d failed; it runs "
                                   "locally", tid)
@@ -305,10 +306,8 @@ class Supervisor:
         except RemoteError as exc:
             log.debug("seccomp: pid %d %s %s: %s", call.tid, call.name, call.path, exc)
             self._answer(call.nid, err=exc.errno or errno.EIO)
-        except (LinkClosed, TimeoutError):
-            self._answer(call.nid, err=errno.EIO)
-        except (ProcessLookupError, FileNotFoundError):
-            pass
+        except (LinkClosed, TimeoutError, ProcessLookupError, FileNotFoundError):
+            self._answer(call.nid, err=errno.EIO)  # never leave a caller waiting
         except Exception:
             log.exception("seccomp: %s of %s for pid %d failed", call.name, call.path, call.tid)
             self._answer(call.nid, err=errno.EIO)
