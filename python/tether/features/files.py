@@ -298,7 +298,8 @@ class Feature:
         if self.fs.mode == "local":
             return {}
         return {"fs_open": self._open, "fs_stat": self._forward,
-                "fs_readlink": self._forward, "fs_realpath": self._forward}
+                "fs_readlink": self._forward, "fs_realpath": self._forward,
+                "fs_statfs": self._forward, "fs_change": self._change}
 
     async def stop(self) -> None:
         if self._shadow_root:
@@ -322,6 +323,12 @@ class Feature:
         reply = await self._agent(msg)
         reply.pop("id", None)
         return reply
+
+    async def _change(self, link: Link, msg: Message) -> Message:
+        """mkdir/rmdir/unlink/rename: both names of a rename are mapped."""
+        if msg["to"]:
+            msg = {**msg, "to": self.mapped(msg["to"])}
+        return await self._forward(link, msg)
 
     async def _open(self, link: Link, msg: Message) -> Message:
         if self.relay:
