@@ -13,7 +13,6 @@ import pytest
 from tether.agent.files import stat_list
 from tether.features.files import (
     ENOENT,
-    EROFS,
     LOCAL,
     REMOTE,
     REMOTE_READ_ONLY,
@@ -71,7 +70,8 @@ READ = ";".join(f"{k}={v}" for k, v in {
 
 @pytest.mark.parametrize("config,path,write,resolver,expected", [
     (READ, "/etc/app.conf", False, True, REMOTE),
-    (READ, "/etc/app.conf", True, True, EROFS),
+    (READ, "/etc/app.conf", True, True, LOCAL),  # a write in read mode: this machine's
+    ("fs=write", "/etc/app.conf", True, True, REMOTE),
     (READ, "/etc/secret/key", False, True, ENOENT),
     (READ, "/tmp/build/out.o", True, True, LOCAL),
     (READ, "/usr/lib/go/src/fmt/print.go", False, True, LOCAL),

@@ -52,7 +52,7 @@ from typing import Any
 
 from . import protocol
 from .elfinfo import inspect as inspect_elf
-from .features.files import ENOENT, EROFS, LOCAL, REMOTE, decide, program_config
+from .features.files import ENOENT, EROFS, LOCAL, decide, program_config
 from .link import LinkClosed, RemoteError
 
 log = logging.getLogger("tether.seccomp")
@@ -278,18 +278,16 @@ class Supervisor:
                 return None
             path = os.path.join(os.readlink(f"/proc/{tid}/cwd"), path)
         path = _normalize(path)
-        write = name in _OPENS and (bool(flags & _WRITE_FLAGS) or
-                                    flags & _O_TMPFILE == _O_TMPFILE)
+        if name in _OPENS:
+            write = bool(flags & _WRITE_FLAGS) or flags & _O_TMPFILE == _O_TMPFILE
+        else:  # access(W_OK) asks about a write: answered where the write would go
+            write = name not in _STATS + _READLINKS and bool(mode & os.W_OK)
         decision = decide(config, path, write, resolver_files=self._dns)
         if decision == LOCAL:
             self._continue(nid)
             return None
         if decision in (ENOENT, EROFS):
             self._answer(nid, err=errno.ENOENT if decision == ENOENT else errno.EROFS)
-            return None
-        if name not in _OPENS + _STATS + _READLINKS and mode & os.W_OK and \
-                decide(config, path, True, resolver_files=self._dns) != REMOTE:
-            self._answer(nid, err=errno.EROFS)  # access(W_OK) where a write is refused
             return None
         return PathCall(nid, tid, name, path, flags, mode, buf, follow, size)
 

@@ -49,30 +49,33 @@ def test_static_c_program_resolves_short_names_and_reads_the_pods_files(
 
 
 @pytest.mark.parametrize("version", ["1.19", "current"])  # current Go: faccessat2
-def test_go_program_reads_the_pods_files_read_only_and_its_own_locally(
+def test_go_program_reads_the_pods_files_and_writes_only_locally(
         tether, goprobe, staging, tmp_path, version):
+    # read mode (the default): reads are the pod's, a write acts on this machine's path
+    # (as the layer's and mirrord's), so it never reaches the pod.
     mine = tmp_path / "mine.txt"
     mine.write_text("local\n")
     staging.pod.exec(["ln", "-s", "a.txt", "/srv/tether-go-data/current"], check=True)
     res = tether(staging.pod, [goprobe[version], "stat=/etc/tether-go-app.conf",
                                "ls=/srv/tether-go-data", "readlink=/srv/tether-go-data/current",
-                               "access=/etc/tether-go-app.conf", "access=/etc/no-such-file",
-                               "write=/etc/tether-go-app.conf", f"cat={mine}",
+                               "access=/srv/tether-go-data/a.txt", "access=/etc/no-such-file",
+                               "write=/srv/tether-go-data/a.txt", f"cat={mine}",
                                f"write={tmp_path / 'out.txt'}", "stat=/etc/no-such-file"])
     assert res.returncode == 0, res.stderr
     out = res.stdout
     assert "stat /etc/tether-go-app.conf size 16" in out, out
     assert "ls /srv/tether-go-data [a.txt b.txt current] <nil>" in out, out
     assert "readlink /srv/tether-go-data/current a.txt <nil>" in out, out
-    assert "access /etc/tether-go-app.conf r: <nil> w: read-only file system" in out, out
+    # readable in the pod; writing is this machine's business, where it does not exist
+    assert "access /srv/tether-go-data/a.txt r: <nil> w: no such file or directory" in out, out
     assert "access /etc/no-such-file r: no such file or directory" in out, out
-    assert "write /etc/tether-go-app.conf open /etc/tether-go-app.conf: read-only file " \
-           "system" in out, out
+    assert "write /srv/tether-go-data/a.txt open /srv/tether-go-data/a.txt: no such file " \
+           "or directory" in out, out
     assert f'cat {mine}: "local\\n" <nil>' in out, out
     assert f"write {tmp_path / 'out.txt'} <nil>" in out
     assert (tmp_path / "out.txt").read_text() == "from the laptop\n"
     assert "stat /etc/no-such-file error" in out
-    assert (staging.pod.root / "etc/tether-go-app.conf").read_text() == "dsn=svc-db:7000\n"
+    assert (staging.pod.root / "srv/tether-go-data/a.txt").read_text() == "a"
 
 
 def test_go_run_builds_locally_and_runs_the_program_in_the_pods_context(
