@@ -273,10 +273,37 @@ def _seccomp_wanted(command: list[str], env: dict[str, str]) -> bool:
     return False
 
 
+def _go_run_through_launcher(command: list[str], env: dict[str, str]) -> bool:
+    """`go run` / `go test`: the go command and its compilers are build tools whose
+    thousands of path calls (and module downloads) need no supervision, and the program
+    they build is the one that does.  The go command then runs unsupervised and starts
+    the program through tether-launch (its documented `-exec` flag, given in GOFLAGS,
+    which the command line overrides), which puts it under the supervisor.  (A process
+    can have one seccomp listener only: the filter cannot be added below a supervised
+    go command.)"""
+    if os.path.basename(command[0]) != "go":
+        return False
+    verb, args = "", iter(command[1:])
+    for arg in args:
+        if arg == "-C":  # go -C DIR run ...: the only flag before the verb
+            next(args, None)
+        elif not arg.startswith("-"):
+            verb = arg
+            break
+    launcher = os.path.join(os.path.dirname(env.get("TETHER_LAYER_SO", "")), "tether-launch")
+    if verb not in ("run", "test") or not os.access(launcher, os.X_OK) or \
+            any(a == "-exec" or a.startswith("-exec=") for a in command[1:]) or \
+            "-exec" in env.get("GOFLAGS", "") or " " in launcher:
+        return False
+    env["GOFLAGS"] = f"{env.get('GOFLAGS', '')} -exec={launcher}".strip()
+    env["TETHER_GO_EXEC"] = "1"  # tether-launch: the arguments are go's -exec's
+    return True
+
+
 def _hand_over_syscalls(chan: socket.socket, command: list[str], env: dict[str, str],
                         static: bool) -> None:
     """Tell the orchestrator how the program is reached; for seccomp, hand it the listener."""
-    if not static:
+    if not static or _go_run_through_launcher(command, env):
         chan.sendall(protocol.encode({"t": "session_exec"}))
         return
     from .seccomp import install_filter
