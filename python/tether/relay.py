@@ -207,13 +207,16 @@ class DatagramRelay:
     flood buffers nothing. A datagram that cannot be sent at once (EAGAIN, ICMP errors) is
     dropped too. ``learn_peer``: the socket is an unconnected loopback socket that the
     program's socket sends to; it connects to the first sender it hears from (loopback
-    only) and ignores everyone else. ``relay_close`` or the link closing ends the flow.
+    only) and ignores everyone else.  ``only_from``: datagrams from any other address
+    are dropped (the relay's private pair, features/outgoing.py).  ``relay_close`` or
+    the link closing ends the flow.
     """
 
     def __init__(self, conn: int, sock: socket.socket, send: Callable[[dict[str, Any]], None],
                  on_done: Callable[[int], None], started: bool = True,
-                 learn_peer: bool = False) -> None:
+                 learn_peer: bool = False, only_from: Any = None) -> None:
         self.conn = conn
+        self._only_from = tuple(only_from[:2]) if only_from is not None else None
         self.sock = sock
         sock.setblocking(False)
         self._send = send
@@ -240,6 +243,8 @@ class DatagramRelay:
                 return
             except OSError:  # an ICMP error on a connected socket: UDP just goes on
                 continue
+            if self._only_from is not None and tuple(addr[:2]) != self._only_from:
+                continue  # queued before the socket was connected: not the program's
             if self._peer is None:
                 if addr[0] not in ("127.0.0.1", "::1", "::ffff:127.0.0.1"):
                     continue

@@ -291,8 +291,8 @@ class Supervisor:
                                nonblocking: bool) -> None:
         """Links that cannot carry descriptors (Kubernetes): the outgoing feature's relay.
 
-        The agent connects inside the target and relays over the link; here a socket
-        connected to the relay's loopback end replaces the program's, and the call returns
+        The agent connects inside the target and relays over the link; here the program's
+        end of the relay's private loopback pair replaces the program's socket; the call returns
         0 (a connect may complete at once, also for non-blocking sockets)."""
         if proto != "tcp" or dns:
             if not self._warned_relay:
@@ -305,14 +305,13 @@ class Supervisor:
         reply = await outgoing._out_connect(None, {  # noqa: SLF001
             "proto": "tcp", "family": family, "addr": socket.inet_pton(family, ip),
             "port": port, "connect": True})
-        if reply.get("result", 0) != 0 or not reply.get("relay"):
+        fds = reply.pop("_fds", [])
+        if reply.get("result", 0) != 0 or not fds:
             self._answer(nid, err=int(reply.get("result") or errno.ECONNREFUSED))
             return
-        raw_addr, relay_port = reply["relay"]
-        relay_family = socket.AF_INET6 if len(raw_addr) == 16 else socket.AF_INET
-        local = socket.socket(relay_family, socket.SOCK_STREAM)
+        # One end of the relay's private pair, already connected (features/outgoing.py).
+        local = socket.socket(fileno=fds[0])
         try:
-            local.connect((socket.inet_ntop(relay_family, raw_addr), int(relay_port)))
             _copy_options(sock, local.fileno())
             local.setblocking(not nonblocking)
             if not self._valid(nid):
