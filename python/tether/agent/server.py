@@ -92,6 +92,7 @@ def all_handlers() -> dict[str, Handler]:
 # MAX_UNAUTHENTICATED such clients wait at once (the newest beyond that is dropped).
 AUTH_TIMEOUT = 3.0
 MAX_UNAUTHENTICATED = 16
+INHERITED_AUTH_TIMEOUT = 120.0
 
 
 class AuthFailed(Exception):
@@ -133,14 +134,15 @@ def _refuse(sock: socket.socket, msg: Message | None, code: str, text: str) -> N
     sock.close()
 
 
-async def authenticate(ctx: AgentContext, sock: socket.socket) -> int | None:
+async def authenticate(ctx: AgentContext, sock: socket.socket,
+                       timeout: float = AUTH_TIMEOUT) -> int | None:
     """Read and check the client's ``auth`` frame; the request id to answer, or None (the
     client was told why, if it asked properly, and its socket closed)."""
     msg: Message | None = None
     try:
-        msg = await asyncio.wait_for(read_auth(sock), AUTH_TIMEOUT)
+        msg = await asyncio.wait_for(read_auth(sock), timeout)
     except TimeoutError:
-        log.warning("dropped a client that did not authenticate within %.0f s", AUTH_TIMEOUT)
+        log.warning("dropped a client that did not authenticate within %.0f s", timeout)
         sock.close()
         return None
     except (AuthFailed, OSError) as exc:
@@ -180,7 +182,9 @@ async def serve_connection(ctx: AgentContext, sock: socket.socket) -> str:
     # Import every feature module before the orchestrator's first frame can arrive: on a
     # process target the orchestrator is busy starting up meanwhile, so this costs no time.
     handlers = all_handlers()
-    request_id = await authenticate(ctx, sock)
+    # The socket is private to our parent, which may still be starting up on a busy
+    # machine: the frame is bounded as for anyone, the deadline is the orchestrator's own.
+    request_id = await authenticate(ctx, sock, INHERITED_AUTH_TIMEOUT)
     if request_id is None:
         return "the orchestrator did not authenticate"
     link = Link(sock, handlers, name="agent", limits=protocol.AGENT_LIMITS)
