@@ -232,7 +232,7 @@ class Feature:
             relays.add(DatagramRelay(conn, ours, self._send_agent, relays.done,
                                      only_from=theirs.getsockname()))
         else:
-            relays.add(RelayStream(conn, ours, self._send_agent, relays.done))
+            relays.add(RelayStream(conn, ours, self._send_agent, relays.done, link=self.agent))
         self._send_agent({"t": "relay_ack", "conn": conn, "n": 0})  # the agent may start reading
         # The program gets the other end, already connected: there is no listener for another
         # process to reach first (the layer installs it over the program's socket).
