@@ -227,3 +227,21 @@ def test_the_session_secret_is_in_no_pod_or_job_and_goes_with_the_session(
         _out, err = proc.communicate("", timeout=30)
     assert proc.returncode == 0, err
     assert kube.list("secrets", "staging") == []
+
+
+def test_ls_where_nothing_may_be_listed_says_so_once(kube, kube_tether):
+    """An editor plugin runs `ls --json` and shows what comes back: one error, once, as a
+    JSON object on stdout (not a line per kind of target)."""
+    import json
+
+    for plural in ("deployments", "statefulsets", "jobs", "cronjobs", "services", "rollouts",
+                   "pods"):
+        kube.forbid("list", plural)
+    plain = kube_tether([], cmd="ls", args=["-n", "staging"])
+    assert plain.returncode == 1
+    lines = [line for line in plain.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, plain.stderr
+    assert "forbidden" in lines[0] and "more kinds of target" in lines[0]
+    res = kube_tether([], cmd="ls", args=["-n", "staging", "--json"])
+    assert res.returncode == 1
+    assert json.loads(res.stdout)["error"] == lines[0].removeprefix("Error: ")
