@@ -43,14 +43,15 @@ from .starter import (  # noqa: E402
 
 
 def _fast_exec(opts: dict[str, str], command: list[str]) -> int:
-    from .starter import run_exec
+    from .starter import run_exec, setup_logging
     from .targets import TargetError
 
+    setup_logging()  # what resolving the target says (e.g. which container) is for the user
     try:
         loaded = load_checked(opts.get("config_file"), opts.get("target"),
                               opts.get("namespace"))
-        for warning in loaded.warnings:
-            say(f"tether: config: {warning}")
+        for line in loaded.report():  # warnings, then the keys tether does not act on
+            say(f"tether: config: {line}")
         config, tgt = prepare_target(loaded.config)
         run_exec(config, tgt, command)
     except (ConfigProblem, TargetError, ExecError) as exc:
