@@ -203,3 +203,17 @@ def test_an_orchestrator_that_never_comes_back_ends_the_session():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_flood_of_silent_connections_cannot_keep_the_orchestrator_out(listening_agent):
+    port, proc = listening_agent
+    flood = [socket.create_connection(("127.0.0.1", port)) for _ in range(100)]
+    try:
+        with authenticate(port) as s:  # beyond 64 waiting, the oldest go, not the newest
+            assert request(s, {"t": "ping", "id": 2})["t"] == "pong"
+        flood[0].settimeout(5)
+        assert flood[0].recv(1) == b""  # among the oldest: dropped
+    finally:
+        for q in flood:
+            q.close()
+    assert proc.poll() is None
