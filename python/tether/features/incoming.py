@@ -231,10 +231,12 @@ class Feature:
                     self._end(f"cannot {self.cfg.mode} port {port} of the target: {exc}")
                     return {"t": "in_listen_reply", "ok": False}
                 sub = self.subs[port] = PortSub(port)
-                log.info("%s port %d of the target -> local %s:%d%s",
+                log.info("%s port %d of the target -> local %s:%d%s%s",
                          "stealing" if self.cfg.mode == "steal" else "mirroring", port,
                          listener.addr, listener.port,
-                         " (relayed over the agent link)" if self._relayed() else "")
+                         " (relayed over the agent link)" if self._relayed() else "",
+                         ", only requests the http_filter matches"
+                         if self._spec(port) is not None else "")
             sub.listeners.append(listener)
         asyncio.get_running_loop().create_task(self._watch_session(link, port, listener))
         return {"t": "in_listen_reply", "ok": True, "port": port, "want": want}

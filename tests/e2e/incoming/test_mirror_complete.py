@@ -78,10 +78,14 @@ def test_flask_that_closes_after_each_answer_sees_every_mirrored_request(
     wait_copies(s, ALL_FOUR)
 
 
-def test_flask_threaded_sees_every_mirrored_request_with_bodies(target, session, tmp_path):
+def test_flask_threaded_sees_every_mirrored_request_with_bodies_through_the_relay(
+        target, session, tmp_path):
+    """The path a Kubernetes target takes (the copy travels over the agent link)."""
     app = tmp_path / "app.py"
     app.write_text(FLASK_APP)
-    s = session(target, "mirror", argv=["python3", str(app), str(PORT), "threaded"])
+    s = session(target, "mirror", argv=["python3", str(app), str(PORT), "threaded"],
+                env={"TETHER_INCOMING_RELAY": "1"})
+    s.wait_for("(relayed over the agent link)", timeout=2)
     keep_alive_clients(target, clients=2, requests=2, body=b"x" * 70000)
     wait_copies(s, ALL_FOUR)
     assert s.output.count("body=70000") == s.output.count("URI=/c") == 4, s.output
@@ -95,6 +99,7 @@ def test_node_sees_every_mirrored_request(target, session, tmp_path):
 
 def test_mirror_filter_copies_only_the_matching_requests(target, session):
     s = session(target, {"mode": "mirror", "http_filter": {"header_filter": "^x-dev: me$"}})
+    s.wait_for("only requests the http_filter matches", timeout=2)
     # Two keep-alive connections mixing both kinds; each ends with a request of mine, so
     # once those copies arrived, a copy of any earlier request would have too.
     plan = [[("/mine-1", True), ("/theirs-1", False), ("/mine-2", True),

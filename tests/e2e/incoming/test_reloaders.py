@@ -129,11 +129,14 @@ def test_gunicorn_prefork_workers_all_serve_stolen_requests(target, session, tmp
         assert (version, peer) == ("v1", target.gateway), s.output
 
 
-def test_flask_reloader_child_sees_the_real_client(target, session, tmp_path):
+def test_flask_reloader_child_sees_the_real_client_through_the_relay(
+        target, session, tmp_path):
+    """Relayed (the path Kubernetes targets take): the adopted listener is the same."""
     write_app(tmp_path, "v1")
     s = session(target, "steal", argv=[
         str(BIN / "flask"), "--app", "app:flask_app", "run", "--reload",
-        "--host", "0.0.0.0", "--port", str(PORT)])
+        "--host", "0.0.0.0", "--port", str(PORT)], env={"TETHER_INCOMING_RELAY": "1"})
+    s.wait_for("(relayed over the agent link)", timeout=2)
     version, pid1, peer = wait_version(target, "v1")
     # WERKZEUG_SERVER_FD: the parent bound and listened, the re-exec'd child accepts
     assert peer == target.gateway, s.output
