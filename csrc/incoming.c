@@ -269,6 +269,8 @@ static void record(int fd, uint16_t want, uint16_t remote, uint16_t local) {
     struct in_sock *s = find_locked(fd, ino);
     for (int i = 0; !s && i < IN_MAX_SOCKS; i++)
         if (!socks[i].used) s = &socks[i];
+    for (int i = 0; !s && i < IN_MAX_SOCKS; i++)
+        if (fd_ino(socks[i].fd) != socks[i].ino) s = &socks[i]; /* full: drop a closed one */
     if (s) {
         s->used = 1;
         s->fd = fd;
