@@ -13,10 +13,12 @@ layer -> orchestrator
   in_peer {port, listen_port}                 who is the relay connection from local `port`?
 orchestrator -> agent
   in_subscribe {port, mode, filter?, relay?,  mirror or steal `port` (filter: mirrord's
-                shadow?}                      http_filter mapping, with optional ports;
+                shadow?, on_concurrent_steal?} http_filter mapping, with optional ports;
                                               relay: hand streams over as relay streams,
                                               not descriptors; shadow: mirror also
-                                              summarises the target's answers, in_shadow)
+                                              summarises the target's answers, in_shadow;
+                                              on_concurrent_steal: abort, continue or
+                                              override when another session steals it)
   in_unsubscribe {port}
 agent -> orchestrator
   in_conn {conn, port, peer_addr, peer_port, mode} + one descriptor: a stream to deliver to
@@ -58,7 +60,7 @@ def _register() -> None:
     reg("in_peer_reply", {"id": (_I, True), "addr": (object, True), "port": (_I, True)})
     reg("in_subscribe", {"id": (_I, True), "port": (_I, True), "mode": (_S, True),
                          "filter": (object, False), "relay": (_B, False),
-                         "shadow": (_B, False)})
+                         "shadow": (_B, False), "on_concurrent_steal": (_S, False)})
     reg("in_subscribe_reply", {"id": (_I, True), "port": (_I, True)})
     reg("in_unsubscribe", {"id": (_I, True), "port": (_I, True)})
     reg("in_unsubscribe_reply", {"id": (_I, True)})

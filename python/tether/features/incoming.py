@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import (
+    limits,
     messages_incoming,  # noqa: F401  (registers the message types)
     relay,
 )
@@ -97,9 +98,14 @@ class Feature:
         self.peers: dict[int, tuple[str, int]] = {}
         self.binds: list[Bound] = []
         self.relays: set[asyncio.Task[None]] = set()
+        # in_unsubscribe calls in flight: the session ends only after the agent has served
+        # what the redirect already sent it (the agent drains before it answers).
+        self._unsubscribing: set[asyncio.Future[Message]] = set()
         self.stats = {"conns": 0, "refused": 0}
         self._fatal: asyncio.Future[str] | None = None
         self._lock = asyncio.Lock()
+        if self.cfg.mode != "off":  # a descriptor or two per relayed connection
+            limits.raise_nofile_limit()
         # Shadow testing (mirror only): compare the target's answers with the program's.
         self.shadow = None
         if self.cfg.mode == "mirror" and self.cfg.shadow and self.cfg.http_filter is not None:
@@ -143,7 +149,9 @@ class Feature:
             self.subs.pop(port, None)
             if agent is not None and not agent.closed.is_set():
                 with contextlib.suppress(LinkClosed, RemoteError, asyncio.TimeoutError):
-                    await agent.call({"t": "in_unsubscribe", "port": port}, timeout=1)
+                    await agent.call({"t": "in_unsubscribe", "port": port}, timeout=2)
+        if self._unsubscribing:
+            await asyncio.wait(set(self._unsubscribing), timeout=2)
         for task in list(self.relays):
             task.cancel()
         if self.shadow is not None:
@@ -174,6 +182,8 @@ class Feature:
             msg["relay"] = True
         if self.shadow is not None:
             msg["shadow"] = True
+        if self.cfg.mode == "steal":
+            msg["on_concurrent_steal"] = self.cfg.on_concurrent_steal
         spec = self._spec(port)
         if spec is not None:
             msg["filter"] = spec
@@ -268,8 +278,12 @@ class Feature:
         log.info("port %d: %s; the target serves it again", port, why)
         agent = self.orch.agent
         if agent is not None and not agent.closed.is_set():
+            call = asyncio.ensure_future(
+                agent.call({"t": "in_unsubscribe", "port": port}, timeout=2))
+            self._unsubscribing.add(call)
+            call.add_done_callback(self._unsubscribing.discard)
             with contextlib.suppress(LinkClosed, RemoteError, asyncio.TimeoutError):
-                await agent.call({"t": "in_unsubscribe", "port": port}, timeout=2)
+                await call
 
     async def _in_peer(self, link: Link, msg: Message) -> Message:
         peer = self.peers.get(int(msg["port"]))
