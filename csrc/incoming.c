@@ -30,12 +30,15 @@
  *   in_listen=R:L,R:L     listen_ports: target port R is served by a local listen on L
  *   in_ignore_lo=1        loopback binds stay local */
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "incoming_api.h"
@@ -534,9 +537,66 @@ static int lookup_or_adopt(int fd, struct in_sock *out, int check_listening) {
     return known && out->remote_port;
 }
 
+/* listen() failed with EADDRINUSE on a socket bound for a target port: something else on
+ * this machine started listening on that port after the bind (with SO_REUSEADDR both
+ * binds succeed, only one may listen).  Serve the target port from another local port:
+ * a new socket with the same options, bound to the same address on port 0, listening,
+ * installed over the program's descriptor (its number and flags kept); getsockname keeps
+ * reporting the asked port.  0 on success. */
+static int listen_elsewhere(int fd, int backlog) {
+    TL_REAL(listen);
+    TL_REAL(bind);
+    TL_REAL(getsockname);
+    struct sockaddr_storage addr;
+    socklen_t al = sizeof addr;
+    if (real_getsockname(fd, (struct sockaddr *)&addr, &al) ||
+        (addr.ss_family != AF_INET && addr.ss_family != AF_INET6))
+        return -1;
+    int nfd = (int)syscall(SYS_socket, addr.ss_family, SOCK_STREAM, 0);
+    if (nfd < 0) return -1;
+    static const int opts[][2] = {{SOL_SOCKET, SO_REUSEADDR}, {SOL_SOCKET, SO_REUSEPORT},
+                                  {SOL_SOCKET, SO_KEEPALIVE}, {IPPROTO_TCP, TCP_NODELAY},
+                                  {IPPROTO_TCP, TCP_DEFER_ACCEPT}, {IPPROTO_IPV6, IPV6_V6ONLY}};
+    for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++) {
+        int v = 0;
+        socklen_t vl = sizeof v;
+        if (opts[i][0] == IPPROTO_IPV6 && addr.ss_family != AF_INET6) continue;
+        if (getsockopt(fd, opts[i][0], opts[i][1], &v, &vl) == 0)
+            setsockopt(nfd, opts[i][0], opts[i][1], &v, sizeof v);
+    }
+    sa_set_port((struct sockaddr *)&addr, 0);
+    int fl = fcntl(fd, F_GETFL), fdfl = fcntl(fd, F_GETFD);
+    if (real_bind(nfd, (struct sockaddr *)&addr, al) || real_listen(nfd, backlog) ||
+        (fl >= 0 && fcntl(nfd, F_SETFL, fl) < 0) ||
+        syscall(SYS_dup3, nfd, fd, fdfl >= 0 && (fdfl & FD_CLOEXEC) ? O_CLOEXEC : 0) < 0) {
+        syscall(SYS_close, nfd);
+        return -1;
+    }
+    syscall(SYS_close, nfd);
+    return 0;
+}
+
 TL_EXPORT int listen(int fd, int backlog) {
     TL_REAL(listen);
     int rc = real_listen(fd, backlog);
+    if (rc && errno == EADDRINUSE && in_active()) {
+        struct in_sock s;
+        TL_ERRNO_SAVE;
+        tl_in_layer++;
+        int ours = lookup(fd, &s) && s.remote_port;
+        if (ours && listen_elsewhere(fd, backlog) == 0) {
+            struct sockaddr_storage got;
+            socklen_t gl = sizeof got;
+            TL_REAL(getsockname);
+            if (real_getsockname(fd, (struct sockaddr *)&got, &gl) == 0) {
+                /* the descriptor is a new socket now: record it under its inode */
+                record(fd, s.want_port, s.remote_port, sa_port((struct sockaddr *)&got));
+                rc = 0;
+            }
+        }
+        tl_in_layer--;
+        if (rc) TL_ERRNO_RESTORE;
+    }
     if (rc || !in_active()) return rc;
     TL_ERRNO_SAVE;
     struct in_sock s;
