@@ -185,6 +185,18 @@ static uint16_t decide(uint16_t port, int loopback, uint16_t *local_port) {
     return decide_with(&in_cfg, port, loopback, local_port);
 }
 
+/* The target port a socket already bound at local `port` serves, as far as the port rules
+ * tell (adopted sockets: the bind happened in another process image).  listen_ports names
+ * its local ports; an ephemeral port is only ours if port_mapping names it (else the
+ * orchestrator may know it from the bind). */
+static uint16_t remote_of_local(uint16_t port, int loopback) {
+    uint16_t unused;
+    for (int i = 0; i < in_cfg.n_listen; i++)
+        if (in_cfg.listen[i].b == port) return in_cfg.listen[i].a;
+    if (port >= 32768 && !mapped(port)) return 0;
+    return decide(port, loopback, &unused);
+}
+
 /* The same decision for a given TETHER_LAYER_CONFIG text ("k=v;..."): the seccomp
  * supervisor decides for programs the layer cannot reach with this very code.  Returns
  * the target port served (0: stays local) or -1 when incoming traffic is off. */
@@ -508,12 +520,9 @@ static void adopt(int fd) {
         record(fd, 0, 0, 0); /* not a TCP listener: never look again */
         return;
     }
-    uint16_t local = sa_port((struct sockaddr *)&got), unused;
-    /* Our guess from the port rules; an ephemeral port is only served if the orchestrator
-     * saw it bound for a target port (a busy local port moved there). */
-    uint16_t guess = local >= 32768 && !mapped(local)
-                         ? 0
-                         : decide(local, is_loopback((struct sockaddr *)&got), &unused);
+    uint16_t local = sa_port((struct sockaddr *)&got);
+    /* Our guess from the port rules (the orchestrator knows better if it saw the bind). */
+    uint16_t guess = remote_of_local(local, is_loopback((struct sockaddr *)&got));
     long port, want;
     int ok = ask_listen(fd, guess, local, 1, &port, &want);
     record(fd, ok ? (uint16_t)want : local, ok ? (uint16_t)port : 0, local);
@@ -583,7 +592,19 @@ TL_EXPORT int listen(int fd, int backlog) {
         struct in_sock s;
         TL_ERRNO_SAVE;
         tl_in_layer++;
-        int ours = lookup(fd, &s) && s.remote_port;
+        int known = lookup(fd, &s), ours = known && s.remote_port;
+        if (!known) { /* bound in another process image (a reloader): the port rules say */
+            struct sockaddr_storage b;
+            socklen_t bl = sizeof b;
+            TL_REAL(getsockname);
+            if (real_getsockname(fd, (struct sockaddr *)&b, &bl) == 0 &&
+                (b.ss_family == AF_INET || b.ss_family == AF_INET6)) {
+                uint16_t port = sa_port((struct sockaddr *)&b);
+                s.remote_port = remote_of_local(port, is_loopback((struct sockaddr *)&b));
+                s.want_port = s.remote_port;
+                ours = s.remote_port != 0;
+            }
+        }
         if (ours && listen_elsewhere(fd, backlog) == 0) {
             struct sockaddr_storage got;
             socklen_t gl = sizeof got;
@@ -645,10 +666,9 @@ static void remember_peer(int fd, const struct sockaddr_storage *addr, socklen_t
 /* Is local port `port` one a target port is served on?  The port rules say so, or a
  * listener this process knows. */
 static int serves_local_port(uint16_t port) {
-    uint16_t unused;
     /* An ephemeral port may be a busy port moved (the bind happened in another process):
      * only the orchestrator knows, so ask. */
-    if (port >= 32768 || decide(port, 0, &unused)) return 1;
+    if (port >= 32768 || remote_of_local(port, 0)) return 1;
     int found = 0;
     pthread_mutex_lock(&socks_lock);
     for (int i = 0; i < IN_MAX_SOCKS && !found; i++)
