@@ -156,7 +156,9 @@ class IncomingAgent:
         # port nobody accepts on.
         self._ensure_listener()
         assert self.redirector is not None
-        whole = matcher is None and mode == "steal"
+        # A filter limited to other ports (http_filter.ports) steals this one whole; a TLS
+        # mirror takes nothing away from the application.
+        whole = mode == "steal" and (matcher is None or not matcher.applies_to_port(port))
         await self._concurrent_steal(port, whole, on_concurrent_steal)
         # Connections an earlier agent stole leave entries NATed to its listener; a client
         # that reuses its port would meet that dead listener instead of this redirect.
