@@ -247,3 +247,15 @@ def test_killing_the_agent_gives_the_https_port_back_to_nginx_within_2s(pod_fact
     os.kill(s.agent_pid(), signal.SIGKILL)
     nginx_answers_within(target, ca, 2)
     assert "tether" not in target.exec(["nft", "list", "ruleset"]).stdout
+
+
+def test_the_clients_sni_reaches_the_application_and_the_local_program(pod_factory, session,
+                                                                      certs, tmp_path):
+    target = pod_factory("sni", files={CERT: certs.cert, KEY: certs.key},
+                         cmd=[sys.executable, TOYS, "http", str(TLS_PORT), "target", CERT, KEY])
+    target.wait_port(TLS_PORT)
+    ca = certs.write_ca(tmp_path)
+    session(target, tls_config(MINE),
+            argv=[sys.executable, TOYS, "http", str(TLS_PORT), "mine", CERT, KEY])
+    assert curl(target, ca, "/sni") == "target sni=app.test\n [1.1]"
+    assert curl(target, ca, "/sni", "-H", "x-dev: me", http2=True) == "mine sni=app.test\n [2]"

@@ -4,6 +4,7 @@
 (ALPN, or the h2 preface on a plain socket) with ``NAME PATH via PROTO`` (PROTO: http/1.1
 or h2, plus ``+tls`` over TLS). With CERT and KEY (paths, read the way any program reads
 them: a local program under tether reads the target's files) it serves TLS.
+``/sni...`` paths are answered with ``NAME sni=<the SNI the server got>``.
 ``x-copies: PATH`` request header: also append ``NAME METHOD PATH`` to PATH (the mirror
 scenes count what the local program saw).
 
@@ -31,6 +32,13 @@ def _note(headers: dict[str, str], name: str, method: str, path: str, size: int 
             f.write(f"{name} {method} {path}{f' {size}' if size else ''}\n")
 
 
+def _answer(writer: asyncio.StreamWriter, name: str, path: str, via: str) -> bytes:
+    if path.startswith("/sni"):
+        obj = writer.get_extra_info("ssl_object")
+        return f"{name} sni={getattr(obj, 'sni', None)}\n".encode()
+    return f"{name} {path} via {via}\n".encode()
+
+
 async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, name: str,
                    via: str, first: bytes) -> None:
     conn = h2.connection.H2Connection(h2.config.H2Configuration(
@@ -49,7 +57,7 @@ async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n
             elif isinstance(ev, h2.events.StreamEnded):
                 h = heads.pop(ev.stream_id)
                 _note(h, name, h[":method"], h[":path"], sizes.pop(ev.stream_id, 0))
-                body = f"{name} {h[':path']} via {via}\n".encode()
+                body = _answer(writer, name, h[":path"], via)
                 conn.send_headers(ev.stream_id, [(":status", "200"),
                                                  ("content-length", str(len(body)))])
                 conn.send_data(ev.stream_id, body, end_stream=True)
@@ -77,7 +85,7 @@ async def serve_http1(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
         if n:
             await reader.readexactly(n)
         _note(headers, name, method, path, n)
-        body = f"{name} {path} via {via}\n".encode()
+        body = _answer(writer, name, path, via)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         await writer.drain()
@@ -110,6 +118,10 @@ async def main_http(port: int, name: str, cert: str | None, key: str | None,
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(cert, key)
         ctx.set_alpn_protocols(alpn.split(","))
+
+        def remember(obj: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
+            obj.sni = server_name  # type: ignore[attr-defined]
+        ctx.sni_callback = remember
     server = await asyncio.start_server(lambda r, w: serve_conn(r, w, name), "0.0.0.0", port,
                                         ssl=ctx)
     print(f"{name} listening on {port}", flush=True)
