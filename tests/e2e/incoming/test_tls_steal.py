@@ -88,10 +88,12 @@ def test_tls_delivery_connects_to_the_local_program_over_tls(pod_factory, sessio
     assert curl(target, ca, "/z", http2=True) == NGINX_ANSWER + " [2]"
 
 
-def test_grpc_over_tls_with_a_header_filter(pod_factory, session, certs, tmp_path):
+@pytest.mark.parametrize("delivery", ["tcp", "tls"])
+def test_grpc_over_tls_with_a_header_filter(pod_factory, session, certs, tmp_path, delivery):
     target = grpc_target(pod_factory, certs)
-    session(target, tls_config({**MINE, "tls_delivery": {"protocol": "tcp"}}),
-            argv=[sys.executable, TOYS, "grpc", str(TLS_PORT), "mine"])
+    tls_args = [CERT, KEY] if delivery == "tls" else []  # read in the target, through tether
+    session(target, tls_config({**MINE, "tls_delivery": {"protocol": delivery}}),
+            argv=[sys.executable, TOYS, "grpc", str(TLS_PORT), "mine", *tls_args])
     assert grpc_say(target, certs.ca_pem, "hello", (("x-dev", "me"),)) == "mine: hello"
     assert grpc_say(target, certs.ca_pem, "hello") == "target: hello"
     assert grpc_say(target, certs.ca_pem, "again", (("x-dev", "you"),)) == "target: again"
