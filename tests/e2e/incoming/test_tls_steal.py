@@ -261,3 +261,16 @@ def test_the_clients_sni_reaches_the_application_and_the_local_program(pod_facto
             argv=[sys.executable, TOYS, "http", str(TLS_PORT), "mine", CERT, KEY])
     assert curl(target, ca, "/sni") == "target sni=app.test\n [1.1]"
     assert curl(target, ca, "/sni", "-H", "x-dev: me", http2=True) == "mine sni=app.test\n [2]"
+
+
+def test_without_a_filter_the_https_port_is_stolen_whole(pod_factory, session, certs,
+                                                         tmp_path):
+    """Plain steal: the agent does not decrypt; the local program gets the client's TLS
+    connection itself and answers with the target's certificate it reads through tether."""
+    target = nginx_target(pod_factory, certs, tmp_path)
+    ca = certs.write_ca(tmp_path)
+    s = session(target, tls_config({"mode": "steal"}),
+                argv=[sys.executable, TOYS, "http", str(TLS_PORT), "mine", CERT, KEY])
+    assert "tls_steal: has no effect without http_filter" in s.output
+    assert curl(target, ca, "/w") == "mine /w via http/1.1+tls\n [1.1]"
+    assert curl(target, ca, "/w", http2=True) == "mine /w via h2+tls\n [2]"
