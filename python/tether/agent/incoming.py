@@ -449,6 +449,54 @@ class IncomingAgent:
         task = asyncio.current_task()
         assert task is not None
         serving.add(task)
+        try:
+            if sub is not None and sub.tls is not None and await self._serve_tls(
+                    conn, dst, sub, peer_addr, peer_port, name):
+                return
+            if sub is None or sub.mode != "steal":
+                await self._to_app(conn, dst)
+                return
+            matcher = sub.matcher
+            if matcher is None or not matcher.applies_to_port(dst[1]):
+                if await self._to_dev(conn, dst[1], peer_addr, peer_port, "steal"):
+                    conn.close()  # the orchestrator holds it now
+                    return
+                await self._to_app(conn, dst)
+                return
+
+            async def open_app() -> socket.socket | None:
+                return await self._connect_app(dst)
+
+            async def open_dev() -> socket.socket | None:
+                ours, theirs = socket.socketpair()
+                ours.setblocking(False)
+                try:
+                    ok = await self._to_dev(theirs, dst[1], peer_addr, peer_port, "steal")
+                finally:
+                    theirs.close()
+                if not ok:
+                    ours.close()
+                    return None
+                return ours
+
+            await Router(conn, matcher, open_app, open_dev, name).run()
+        except Exception as exc:
+            log.warning("%s: %s", name, exc)
+        finally:
+            serving.discard(task)
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    async def _serve_tls(self, conn: socket.socket, dst: tuple[str, int], sub: Subscription,
+                         peer_addr: str, peer_port: int, name: str) -> bool:
+        """A tls_steal port: decrypt, then route (filtered steal) or copy (mirror); False
+        when the connection is not for this hook (a steal the filter does not cover)."""
+        from . import incoming_tls
+
+        assert sub.tls is not None
+        judged = sub.matcher is not None and sub.matcher.applies_to_port(dst[1])
+        if sub.mode != "mirror" and not judged:
+            return False
 
         async def open_app() -> socket.socket | None:
             return await self._connect_app(dst)
@@ -467,38 +515,14 @@ class IncomingAgent:
                 return None
             return ours
 
-        try:
-            judged = sub is not None and sub.matcher is not None and sub.matcher.applies_to_port(
-                dst[1])
-            if sub is not None and sub.tls is not None and (sub.mode == "mirror" or judged):
-                # A tls_steal port: decrypt, then route (steal) or copy (mirror).
-                from . import incoming_tls
+        async def route(plain: socket.socket, matcher: RequestMatcher, app: Any,
+                        dev: Any) -> None:
+            await Router(plain, matcher, app, dev, name).run()
 
-                async def route(plain: socket.socket, matcher: RequestMatcher, app: Any,
-                                dev: Any) -> None:
-                    await Router(plain, matcher, app, dev, name).run()
-
-                await incoming_tls.serve(sub.tls, conn, sub.mode, sub.matcher if judged else None,
-                                         open_app, open_dev, name, route,
-                                         lambda: self._to_app(conn, dst))
-                return
-            if sub is None or sub.mode != "steal":
-                await self._to_app(conn, dst)
-                return
-            matcher = sub.matcher
-            if matcher is None or not matcher.applies_to_port(dst[1]):
-                if await self._to_dev(conn, dst[1], peer_addr, peer_port, "steal"):
-                    conn.close()  # the orchestrator holds it now
-                    return
-                await self._to_app(conn, dst)
-                return
-            await Router(conn, matcher, open_app, open_dev, name).run()
-        except Exception as exc:
-            log.warning("%s: %s", name, exc)
-        finally:
-            serving.discard(task)
-            with contextlib.suppress(OSError):
-                conn.close()
+        await incoming_tls.serve(sub.tls, conn, sub.mode, sub.matcher if judged else None,
+                                 open_app, open_dev, name, route,
+                                 lambda: self._to_app(conn, dst))
+        return True
 
     async def _to_dev(self, sock: socket.socket, port: int, peer_addr: str, peer_port: int,
                       mode: str) -> bool:
