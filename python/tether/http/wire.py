@@ -1,0 +1,361 @@
+"""Strict HTTP/1.x wire primitives for the request router: where a head ends, what it
+says about framing, and where a body ends. Pure functions and tiny state machines over
+``bytes``; no sockets.
+
+Strictness is the point (RFC 9112 read the way h11 and Envoy read it): whatever a lenient
+upstream could frame differently from us is ``Bad``, so a request can never reach an
+upstream we did not route it to by a parsing trick. Every check depends only on the bytes,
+never on how they were split into segments: a verdict on an incomplete head
+(``check_partial``) is always one the complete head would get too.
+
+Limits: a head (leading empty lines included) of at most ``MAX_HEAD_SIZE`` bytes, a
+chunk-size line of at most ``MAX_CHUNK_LINE``, trailers of at most ``MAX_HEAD_SIZE``.
+The regexes here are linear (no nested or overlapping repetitions).
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "H2_PREFACE",
+    "MAX_HEAD_SIZE",
+    "Bad",
+    "BodyReader",
+    "RequestInfo",
+    "ResponseInfo",
+    "classify",
+    "parse_request_head",
+    "parse_response_head",
+]
+
+MAX_HEAD_SIZE = 64 * 1024
+MAX_CHUNK_LINE = 4096
+MAX_METHOD = 32
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+# Methods whose prefix marks a stream as HTTP even when what follows is malformed
+# (``GET\x00 /``): such a stream is refused, never passed through whole.
+KNOWN_METHODS = frozenset(
+    b"GET HEAD POST PUT DELETE CONNECT OPTIONS TRACE PATCH PRI PROPFIND PROPPATCH MKCOL "
+    b"COPY MOVE LOCK UNLOCK SEARCH REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY "
+    b"SUBSCRIBE UNSUBSCRIBE PURGE LINK UNLINK QUERY".split()
+)
+
+
+class Bad(Exception):
+    """The bytes cannot be framed unambiguously; the message says why."""
+
+
+_T = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+_VALUE = rb"[\t\x20-\x7e\x80-\xff]*"
+_TARGET = rb"[\x21-\x7e\x80-\xff]+"
+_REQUEST_HEAD = re.compile(
+    rb"(" + _T + rb"+) (" + _TARGET + rb") HTTP/1\.([01])\r\n"
+    rb"((?:" + _T + rb"+:" + _VALUE + rb"\r\n)*)\r\n"
+)
+_REQUEST_LINE = re.compile(_T + rb"+ " + _TARGET + rb" HTTP/1\.[01]")
+_FIELD_LINE = re.compile(_T + rb"+:" + _VALUE)
+_BAD_BYTE = re.compile(rb"[^\t\x20-\x7e\x80-\xff]")
+_METHOD_START = re.compile(_T + rb"{1,%d}" % MAX_METHOD)
+_ORIGIN_TARGET = re.compile(rb"/|[A-Za-z][A-Za-z0-9+.\-]*://")
+_AUTHORITY = re.compile(rb"[^/?#@\s]+:[0-9]{1,5}")
+_HEAD_END = re.compile(rb"\n\r?\n")
+_STATUS_LINE = re.compile(rb"HTTP/1\.[0-9] ([0-9]{3})(?:[ \t][^\r\n]*)?\r?\n")
+# Lines of a lower-cased head that matter for framing; ``(.*)\r?$`` stays linear.
+_FRAMING_FIELD = re.compile(
+    rb"^(content-length|transfer-encoding|host|connection|upgrade)[ \t]*:(.*?)\r?$", re.M
+)
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[\t\x20-\x7e\x80-\xff]*)?\r\n")
+_DIGITS = re.compile(rb"[0-9]{1,18}")
+
+# classify() verdicts
+WAIT, HTTP, H2, NOT_HTTP = "wait", "http", "h2", "not-http"
+
+
+def classify(buf: bytes | bytearray, start: int = 0) -> str:
+    """What the first bytes of a client stream are: ``HTTP`` (HTTP/1 request, framed
+    strictly from here on), ``H2`` (the HTTP/2 prior-knowledge preface), ``NOT_HTTP``
+    (clearly something else: passed to the application whole) or ``WAIT``.
+
+    HTTP means: (after empty lines) a token followed by a space, or a known method name
+    followed by anything. So ``GET\\x00 /`` is HTTP (and refused), TLS's ``\\x16\\x03`` is
+    not."""
+    n = len(buf)
+    s = start
+    while buf.startswith(b"\r\n", s):
+        s += 2
+    if s >= n or (s + 1 == n and buf[s] == 0x0D):
+        return WAIT
+    head = bytes(buf[s : s + len(H2_PREFACE)])
+    if H2_PREFACE.startswith(head):
+        return H2 if len(head) == len(H2_PREFACE) else WAIT
+    if head.startswith(H2_PREFACE):
+        return H2
+    m = _METHOD_START.match(buf, s)
+    end = m.end() if m else s
+    if end == n:
+        return WAIT if end - s < MAX_METHOD else NOT_HTTP
+    if end > s and buf[end] == 0x20:
+        return HTTP
+    if bytes(buf[s:end]).upper() in KNOWN_METHODS:
+        return HTTP
+    return NOT_HTTP
+
+
+class RequestInfo:
+    """A parsed request head: what routing and framing need. ``fields`` is the raw
+    header block (``name: value\\r\\n`` lines), parsed into ``headers`` on demand."""
+
+    __slots__ = ("_headers", "fields", "length", "method", "raw", "target", "tunnel",
+                 "version")
+
+    def __init__(self, method: bytes, target: bytes, version: bytes, fields: bytes,
+                 raw: bytes, length: int, tunnel: bool) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.fields = fields
+        self.raw = raw
+        self.length = length  # body: -1 chunked, else its Content-Length (0: none)
+        self.tunnel = tunnel  # Upgrade or CONNECT: the answer may switch protocols
+        self._headers: list[tuple[bytes, bytes]] | None = None
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """``(lower-cased name, value)`` per field, value stripped of SP/HTAB."""
+        if self._headers is None:
+            out = []
+            for line in self.fields.split(b"\r\n")[:-1]:
+                name, _, value = line.partition(b":")
+                out.append((name.lower(), value.strip(b" \t")))
+            self._headers = out
+        return self._headers
+
+    def __repr__(self) -> str:
+        return f"RequestInfo({self.method!r} {self.target!r} HTTP/{self.version.decode()})"
+
+
+def _list_values(values: list[bytes]) -> list[bytes]:
+    return [p.strip(b" \t") for v in values for p in v.split(b",") if p.strip(b" \t")]
+
+
+def parse_request_head(buf: bytes | bytearray, start: int, end: int) -> RequestInfo:
+    """Parse the complete head ``buf[start:end]`` (``end`` just after the empty line).
+    Raises ``Bad``."""
+    raw = bytes(buf[start:end])
+    s = 0
+    while raw.startswith(b"\r\n", s):
+        s += 2
+    m = _REQUEST_HEAD.fullmatch(raw, s)
+    if m is None:
+        check_partial(raw, s, len(raw) - 2)  # names the first bad line
+        raise Bad("malformed request head")
+    method, target, minor, fields = m.groups()
+    version = b"1.1" if minor == b"1" else b"1.0"
+    length = 0
+    tunnel = method == b"CONNECT"
+    if tunnel:
+        if _AUTHORITY.fullmatch(target) is None:
+            raise Bad(f"CONNECT target {target[:80]!r} is not host:port")
+    elif target == b"*":
+        if method != b"OPTIONS":
+            raise Bad("request target * is only for OPTIONS")
+    elif _ORIGIN_TARGET.match(target) is None:
+        raise Bad(f"bad request target {target[:80]!r}")
+    if fields:
+        low = fields.lower()
+        # Cheap pre-checks: most requests carry none of the fields that need care.
+        if (b"content-length" in low or b"transfer-encoding" in low or b"upgrade" in low
+                or low.count(b"host") > 1):
+            found: dict[bytes, list[bytes]] = {}
+            for name, value in _FRAMING_FIELD.findall(b"\r\n" + low):
+                found.setdefault(name, []).append(value)
+            length, tunnel = _request_framing(found, version, tunnel)
+    return RequestInfo(method, target, version, fields, raw, length, tunnel)
+
+
+def _request_framing(found: dict[bytes, list[bytes]], version: bytes, tunnel: bool
+                     ) -> tuple[int, bool]:
+    if len(found.get(b"host", ())) > 1:
+        raise Bad("more than one Host field")
+    te = found.get(b"transfer-encoding")
+    cl = found.get(b"content-length")
+    length = 0
+    if te is not None:
+        if version == b"1.0":
+            raise Bad("Transfer-Encoding in an HTTP/1.0 request")
+        if cl is not None:
+            raise Bad("both Content-Length and Transfer-Encoding")
+        if _list_values(te) != [b"chunked"]:
+            raise Bad(f"Transfer-Encoding {b', '.join(te)!r} is not just chunked")
+        length = -1
+    elif cl is not None:
+        parts = [p.strip(b" \t") for v in cl for p in v.split(b",")]
+        if not all(_DIGITS.fullmatch(p) for p in parts):
+            raise Bad(f"bad Content-Length {b', '.join(cl)!r}")
+        if len(set(map(int, parts))) != 1:
+            raise Bad(f"conflicting Content-Length values {b', '.join(cl)!r}")
+        length = int(parts[0])
+    if not tunnel and b"upgrade" in found:
+        tunnel = b"upgrade" in _list_values(found.get(b"connection", []))
+    return length, tunnel
+
+
+def check_partial(buf: bytes | bytearray, start: int, end: int, first: bool = True) -> int:
+    """Check the complete lines of an incomplete head in ``buf[start:end]`` (``first``:
+    the first of them is the request line) and the bytes of the incomplete last line.
+    Returns where the incomplete line starts (resume there); raises ``Bad``."""
+    pos = start
+    while True:
+        nl = buf.find(b"\r\n", pos, end)
+        if nl == -1:
+            break
+        line = buf[pos:nl]
+        regex = _REQUEST_LINE if first and pos == start else _FIELD_LINE
+        if line and regex.fullmatch(line) is None:
+            what = "request line" if regex is _REQUEST_LINE else "header field line"
+            if line[:1] in (b" ", b"\t"):
+                raise Bad("obsolete line folding (a header line starting with whitespace)")
+            raise Bad(f"bad {what} {bytes(line[:80])!r}")
+        pos = nl + 2
+    tail_end = end - 1 if end > pos and buf[end - 1] == 0x0D else end
+    bad = _BAD_BYTE.search(buf, pos, tail_end)
+    if bad is not None:
+        raise Bad(f"byte {bytes(buf[bad.start():bad.end()])!r} not allowed in a head")
+    return pos
+
+
+class ResponseInfo:
+    __slots__ = ("close", "length", "raw", "status")
+
+    def __init__(self, status: int, length: int, close: bool, raw: bytes) -> None:
+        self.status = status
+        self.length = length  # -1 chunked, -2 until the server closes, else the length
+        self.close = close  # the server will close after this response
+        self.raw = raw
+
+
+def find_head_end(buf: bytes | bytearray, start: int, scan: int) -> int:
+    """End (exclusive) of the head starting at ``start``, searching from ``scan``; -1."""
+    m = _HEAD_END.search(buf, max(start, scan))
+    return -1 if m is None else m.end()
+
+
+def parse_response_head(buf: bytes | bytearray, start: int, end: int, method: bytes
+                        ) -> ResponseInfo:
+    """Parse the complete response head ``buf[start:end]`` answering ``method``."""
+    raw = bytes(buf[start:end])
+    m = _STATUS_LINE.match(raw)
+    if m is None:
+        raise Bad(f"bad status line {raw[:80]!r}")
+    status = int(m.group(1))
+    low = raw.lower()
+    close = b"close" in low and b"close" in _list_values(_field(low, b"connection"))
+    if raw.startswith(b"HTTP/1.0") and b"keep-alive" not in low:
+        close = True
+    if method == b"HEAD" or status in (204, 304) or status < 200:
+        return ResponseInfo(status, 0, close, raw)
+    if method == b"CONNECT" and status < 300:
+        return ResponseInfo(status, 0, False, raw)
+    if b"transfer-encoding" in low:
+        te = _list_values(_field(low, b"transfer-encoding"))
+        if te:
+            chunked = te[-1] == b"chunked"
+            return ResponseInfo(status, -1 if chunked else -2, close or not chunked, raw)
+    if b"content-length" in low:
+        cl = _field(low, b"content-length")
+        parts = [p.strip(b" \t") for v in cl for p in v.split(b",")]
+        if parts:
+            if not all(_DIGITS.fullmatch(p) for p in parts) or len(set(parts)) != 1:
+                raise Bad(f"bad Content-Length in a response {b', '.join(cl)!r}")
+            return ResponseInfo(status, int(parts[0]), close, raw)
+    return ResponseInfo(status, -2, True, raw)
+
+
+def _field(low: bytes, name: bytes) -> list[bytes]:
+    return [v for n, v in _FRAMING_FIELD.findall(low) if n == name]
+
+
+# BodyReader states
+FIXED, SIZE, DATA, CRLF, TRAILERS, UNTIL_CLOSE, END = range(7)
+
+
+class BodyReader:
+    """Where a body ends: ``advance(buf, pos)`` consumes what it can and returns the new
+    position; ``done`` once the body (chunk framing and trailers included) is complete.
+    Only framing is looked at: chunk data is skipped by its size, never scanned."""
+
+    __slots__ = ("remaining", "state", "trailer")
+
+    def __init__(self, length: int) -> None:
+        self.remaining = 0
+        self.trailer = 0
+        if length == -1:
+            self.state = SIZE
+        elif length == -2:
+            self.state = UNTIL_CLOSE
+        else:
+            self.state = FIXED if length else END
+            self.remaining = length
+
+    @property
+    def done(self) -> bool:
+        return self.state == END
+
+    def advance(self, buf: bytes | bytearray, pos: int) -> int:
+        n = len(buf)
+        while pos < n:
+            state = self.state
+            if state == FIXED or state == DATA:
+                take = min(self.remaining, n - pos)
+                pos += take
+                self.remaining -= take
+                if self.remaining == 0:
+                    self.state = END if state == FIXED else CRLF
+                    if state == FIXED:
+                        return pos
+            elif state == CRLF:
+                if n - pos < 2:
+                    if buf[pos] != 0x0D:
+                        raise Bad("chunk data not followed by CRLF")
+                    return pos
+                if buf[pos] != 0x0D or buf[pos + 1] != 0x0A:
+                    raise Bad("chunk data not followed by CRLF")
+                pos += 2
+                self.state = SIZE
+            elif state == SIZE:
+                m = _CHUNK_LINE.match(buf, pos, min(n, pos + MAX_CHUNK_LINE))
+                if m is None:
+                    nl = buf.find(b"\n", pos, pos + MAX_CHUNK_LINE)
+                    if nl != -1 or n - pos >= MAX_CHUNK_LINE:
+                        raise Bad(f"bad chunk-size line {bytes(buf[pos:pos + 40])!r}")
+                    if _BAD_BYTE.search(buf, pos, n - 1 if buf[n - 1] == 0x0D else n):
+                        raise Bad("bad byte in a chunk-size line")
+                    return pos
+                pos = m.end()
+                self.remaining = int(m.group(1), 16)
+                if self.remaining:
+                    self.state = DATA
+                else:
+                    self.state = TRAILERS
+                    self.trailer = 0
+            elif state == TRAILERS:
+                nl = buf.find(b"\r\n", pos, pos + MAX_HEAD_SIZE - self.trailer + 2)
+                if nl == -1:
+                    check_partial(buf, pos, n, first=False)
+                    if n - pos + self.trailer > MAX_HEAD_SIZE:
+                        raise Bad("trailer section too large")
+                    return pos
+                self.trailer += nl + 2 - pos
+                if nl == pos:
+                    self.state = END
+                    return nl + 2
+                if _FIELD_LINE.fullmatch(buf, pos, nl) is None:
+                    raise Bad(f"bad trailer field line {bytes(buf[pos:nl][:80])!r}")
+                pos = nl + 2
+            elif state == UNTIL_CLOSE:
+                return n
+            else:
+                return pos
+        return pos
