@@ -440,7 +440,10 @@ class RouterCore:
         up = self._ups[side]
         up.owed += 1
         self.routed[side] += 1
-        self._cmd(Routed(side, head.method, head.target))
+        # A verdict does not split the writes of pipelined requests to one side.
+        if self._batch_side != side:
+            self._flush_batch()
+        self._out.append(Routed(side, head.method, head.target))
         entry = _Entry(_REQ, side, head.method, head.tunnel)
         self._order.append(entry)
         self._cur = side

@@ -57,6 +57,8 @@ _REQUEST_HEAD = re.compile(
 _REQUEST_LINE = re.compile(_T + rb"+ " + _TARGET + rb" HTTP/1\.[01]")
 _FIELD_LINE = re.compile(_T + rb"+:" + _VALUE)
 _BAD_BYTE = re.compile(rb"[^\t\x20-\x7e\x80-\xff]")
+_BINARY = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_LOOKS_HTTP = re.compile(rb" HTTP/[0-9]")
 _METHOD_START = re.compile(_T + rb"{1,%d}" % MAX_METHOD)
 _ORIGIN_TARGET = re.compile(rb"/|[A-Za-z][A-Za-z0-9+.\-]*://")
 _AUTHORITY = re.compile(rb"[^/?#@\s]+:[0-9]{1,5}")
@@ -78,9 +80,10 @@ def classify(buf: bytes | bytearray, start: int = 0) -> str:
     strictly from here on), ``H2`` (the HTTP/2 prior-knowledge preface), ``NOT_HTTP``
     (clearly something else: passed to the application whole) or ``WAIT``.
 
-    HTTP means: (after empty lines) a token followed by a space, or a known method name
-    followed by anything. So ``GET\\x00 /`` is HTTP (and refused), TLS's ``\\x16\\x03`` is
-    not."""
+    HTTP means, after empty lines: a known method name followed by anything, or a first
+    line with `` HTTP/<digit>`` in it. So ``GET\x00 /`` and ``G@T / HTTP/1.1`` are HTTP
+    (and refused); TLS (``\x16\x03``), SSH, Redis or ``NICK me`` are not. The verdict
+    depends on the bytes only, never on timing."""
     n = len(buf)
     s = start
     while buf.startswith(b"\r\n", s):
@@ -94,13 +97,17 @@ def classify(buf: bytes | bytearray, start: int = 0) -> str:
         return H2
     m = _METHOD_START.match(buf, s)
     end = m.end() if m else s
-    if end == n:
-        return WAIT if end - s < MAX_METHOD else NOT_HTTP
-    if end > s and buf[end] == 0x20:
+    if end < n and bytes(buf[s:end]).upper() in KNOWN_METHODS:
         return HTTP
-    if bytes(buf[s:end]).upper() in KNOWN_METHODS:
-        return HTTP
-    return NOT_HTTP
+    nl = buf.find(b"\n", s, s + MAX_HEAD_SIZE)
+    stop = n if nl == -1 else nl
+    if stop > s and buf[stop - 1] == 0x0D:
+        stop -= 1
+    if _BINARY.search(buf, s, stop):
+        return NOT_HTTP
+    if nl == -1:
+        return WAIT if n - s < MAX_HEAD_SIZE else NOT_HTTP
+    return HTTP if _LOOKS_HTTP.search(buf, s, nl) else NOT_HTTP
 
 
 class RequestInfo:
