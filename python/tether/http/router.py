@@ -364,6 +364,8 @@ class RouterCore:
                         if new:
                             self._send(self._cur, buf[:new])
                             self._buf = buf[new:]
+                        if body.failed:
+                            raise Bad(body.failed)
                     if not body.done:
                         break
                     self._request_end()

@@ -293,9 +293,11 @@ class BodyReader:
     position; ``done`` once the body (chunk framing and trailers included) is complete.
     Only framing is looked at: chunk data is skipped by its size, never scanned."""
 
-    __slots__ = ("remaining", "state", "trailer")
+    __slots__ = ("_pos_ok", "failed", "remaining", "state", "trailer")
 
     def __init__(self, length: int) -> None:
+        self.failed = ""  # why the body is malformed, once it is (after the good bytes)
+        self._pos_ok = 0
         self.remaining = 0
         self.trailer = 0
         if length == -1:
@@ -311,8 +313,24 @@ class BodyReader:
         return self.state == END
 
     def advance(self, buf: bytes | bytearray, pos: int) -> int:
+        """Consume from ``pos``; returns the new position. A framing error is reported
+        after the bytes before it were consumed (``failed``), so what is forwarded does
+        not depend on how the bytes were split."""
+        if self.failed:
+            raise Bad(self.failed)
+        start = pos
+        try:
+            return self._advance(buf, pos)
+        except Bad as exc:
+            self.failed = str(exc)
+            if self._pos_ok > start:
+                return self._pos_ok
+            raise
+
+    def _advance(self, buf: bytes | bytearray, pos: int) -> int:
         n = len(buf)
         while pos < n:
+            self._pos_ok = pos
             state = self.state
             if state == FIXED or state == DATA:
                 take = min(self.remaining, n - pos)
