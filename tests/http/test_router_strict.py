@@ -185,7 +185,7 @@ def requests(draw: st.DrawFn) -> bytes:
     elif framing == "chunked":
         lines.append(b"Transfer-Encoding: chunked\r\n")
         cuts = sorted(draw(st.lists(st.integers(0, len(body)), max_size=3)))
-        pieces = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)]) if b > a]
+        pieces = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True) if b > a]
         payload = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
     else:
         payload = b""
@@ -197,7 +197,7 @@ def requests(draw: st.DrawFn) -> bytes:
 def test_valid_requests_route_identically_however_they_are_split(reqs, data):
     stream = b"".join(reqs)
     cuts = sorted(set(data.draw(st.lists(st.integers(1, len(stream) - 1), max_size=8))))
-    segments = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+    segments = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
     whole = drive([stream])
     split = drive(segments)
     assert effect(split) == effect(whole)
