@@ -29,7 +29,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from ..http import RequestMatcher
 from ..http.router import (
@@ -90,10 +90,11 @@ class _Side(asyncio.Protocol):
         self.ended = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        t = cast(asyncio.Transport, transport)
+        self.transport = t
         if self.active:
-            self.router.transports[self.side] = transport
+            self.router.transports[self.side] = t
 
     def data_received(self, data: bytes) -> None:
         if self.active:

@@ -17,6 +17,12 @@ Accepted shapes (``compile_filter``):
 ``ports`` absent means the filter applies on every stolen port. (mirrord defaults to
 [80, 8080] and steals *everything* on other ports; a config loader that wants that
 default passes it explicitly.)
+
+Regexes run on RE2 (``google-re2``): matching is linear in the length of the path or
+header line, so no request can stall the router with a pattern like ``.+user=x.*``
+against a 30 KB path (Python's backtracking ``re`` takes seconds there). RE2's syntax is
+the Rust-regex family mirrord documents; look-around and back-references are not
+available and are refused when the filter is compiled (``compile_regex``).
 """
 
 from __future__ import annotations
@@ -26,9 +32,26 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+import re2
+
 from tether.http.framing import RequestHead, header_lines, request_path
 
-__all__ = ["HttpFilterSpec", "RequestMatcher", "compile_filter"]
+__all__ = ["HttpFilterSpec", "RequestMatcher", "compile_filter", "compile_regex"]
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # errors are ours to report, not glog lines on stderr
+
+
+def compile_regex(pattern: str) -> Any:
+    """``pattern`` compiled by RE2; ``ValueError`` (saying why) if RE2 cannot run it."""
+    try:
+        return re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as exc:
+        why = exc.args[0] if exc.args else exc
+        why = why.decode("utf-8", "replace") if isinstance(why, bytes) else str(why)
+        if "perl operator" in why or "escape sequence" in why:
+            why += " (filters use RE2 syntax: no look-around or back-references)"
+        raise ValueError(why) from None
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _LEAF_KEYS = {
@@ -58,7 +81,7 @@ class _Predicate(Protocol):
 
 @dataclass(frozen=True)
 class _Path:
-    regex: re.Pattern[str]
+    regex: Any  # an RE2 regex
 
     def matches(self, head: RequestHead) -> bool:
         return self.regex.search(request_path(head)) is not None
@@ -69,7 +92,7 @@ class _Path:
 
 @dataclass(frozen=True)
 class _Header:
-    regex: re.Pattern[str]
+    regex: Any  # an RE2 regex
 
     def matches(self, head: RequestHead) -> bool:
         return any(self.regex.search(line) for line in header_lines(head))
@@ -196,8 +219,8 @@ def _leaf(kind: str, pattern: Any, where: str) -> _Predicate:
             raise ValueError(f"{where}: {pattern!r} is not an HTTP method name")
         return _Method(pattern.upper().encode("ascii"))
     try:
-        regex = re.compile(pattern)
-    except re.error as exc:
+        regex = compile_regex(pattern)
+    except ValueError as exc:
         raise ValueError(f"{where}: invalid regex {pattern!r}: {exc}") from None
     return _Path(regex) if kind == "path" else _Header(regex)
 
