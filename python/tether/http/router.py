@@ -202,6 +202,7 @@ class RouterCore:
         self._client_writable = True
         self._tunnel_side = APP
         self._resume = False  # an upgrade was declined: parse the held client bytes
+        self._blocked = 0  # upstreams whose transport is not writable
         self._batch_side: str | None = None
         self._batch: list[bytes] = []
         self._done = False
@@ -272,7 +273,7 @@ class RouterCore:
                     self._cmd(Shutdown(side))
             return self._flush()
         if not ok:
-            del self._ups[side]
+            self._forget(side)
             if side == DEV:  # the developer stopped listening: the application answers
                 self._pending_side = APP
                 if self._open_or_route(APP):
@@ -314,7 +315,7 @@ class RouterCore:
                 self._finish()
         elif up.owed == 0 and not up.buf and self._opening != side:
             # An idle upstream closed (keep-alive timeout): the next request reopens it.
-            del self._ups[side]
+            self._forget(side)
             self._cmd(Close(side))
             self._run_responses()
         else:
@@ -328,6 +329,8 @@ class RouterCore:
             up = self._ups.get(side)
             if up is None:
                 return []
+            if up.writable != ok:
+                self._blocked += -1 if ok else 1
             up.writable = ok
         self._update_reading()
         return self._flush()
@@ -428,7 +431,7 @@ class RouterCore:
         if up is not None:
             if up.owed:  # it still answers: open the new connection after that
                 return False
-            del self._ups[side]
+            self._forget(side)
             self._cmd(Close(side))
         self._ups[side] = _Up()
         self._opening = side
@@ -492,7 +495,7 @@ class RouterCore:
             self._send(side, self._buf)
             self._buf = b""
         for other in [s for s in self._ups if s != side]:
-            del self._ups[other]
+            self._forget(other)
             self._cmd(Close(other))
         if self._client_eof:
             self._cmd(Shutdown(side))
@@ -544,8 +547,8 @@ class RouterCore:
                         if up.eof:
                             raise Bad("the upstream closed before answering")
                         return False
-                    info = wire.parse_response_head(buf, 0, end, entry.method)
-                    status = info.status
+                    status, length, close = wire.parse_response_head(
+                        buf, 0, end, entry.method)
                     if entry.tunnel and (status == 101 or (
                             entry.method == b"CONNECT" and 200 <= status < 300)):
                         self._send(CLIENT, buf)
@@ -566,8 +569,13 @@ class RouterCore:
                         if self._state == _PAUSED:
                             self._state = _HEAD
                             self._resume = True
-                    up.closing = info.close
-                    body = up.body = BodyReader(info.length)
+                    up.closing = close
+                    if 0 <= length <= len(buf) - end:  # the whole answer is here
+                        new = end + length
+                        self._send(CLIENT, buf[:new])
+                        up.buf = buf[new:]
+                        return True
+                    body = up.body = BodyReader(length)
                     new = body.advance(buf, end)
                 else:
                     new = body.advance(buf, 0) if buf else 0
@@ -625,8 +633,8 @@ class RouterCore:
             up = self._ups.get(self._tunnel_side)
             want = up is None or up.writable
         else:
-            want = (len(self._buf) < HOLD_LIMIT and len(self._order) < MAX_PIPELINE
-                    and all(up.writable for up in self._ups.values()))
+            want = (not self._blocked and len(self._buf) < HOLD_LIMIT
+                    and len(self._order) < MAX_PIPELINE)
         if want != self._client_reading:
             self._client_reading = want
             self._cmd(Reading(CLIENT, want))
@@ -635,6 +643,11 @@ class RouterCore:
             if w != up.reading:
                 up.reading = w
                 self._cmd(Reading(side, w))
+
+    def _forget(self, side: str) -> None:
+        up = self._ups.pop(side)
+        if not up.writable:
+            self._blocked -= 1
 
     def _finish(self) -> None:
         if not self._done:

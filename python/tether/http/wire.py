@@ -23,7 +23,6 @@ __all__ = [
     "Bad",
     "BodyReader",
     "RequestInfo",
-    "ResponseInfo",
     "classify",
     "parse_request_head",
     "parse_response_head",
@@ -70,6 +69,7 @@ _FRAMING_FIELD = re.compile(
 )
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[\t\x20-\x7e\x80-\xff]*)?\r\n")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
+_CONTENT_LENGTH = re.compile(rb"\ncontent-length[ \t]*:[ \t]*([0-9]{1,18})[ \t]*\r?\n")
 
 # classify() verdicts
 WAIT, HTTP, H2, NOT_HTTP = "wait", "http", "h2", "not-http"
@@ -162,7 +162,9 @@ def parse_request_head(buf: bytes | bytearray, start: int, end: int) -> RequestI
     version = b"1.1" if minor == b"1" else b"1.0"
     length = 0
     tunnel = method == b"CONNECT"
-    if tunnel:
+    if target[:1] == b"/":
+        pass
+    elif tunnel:
         if _AUTHORITY.fullmatch(target) is None:
             raise Bad(f"CONNECT target {target[:80]!r} is not host:port")
     elif target == b"*":
@@ -233,16 +235,6 @@ def check_partial(buf: bytes | bytearray, start: int, end: int, first: bool = Tr
     return pos
 
 
-class ResponseInfo:
-    __slots__ = ("close", "length", "raw", "status")
-
-    def __init__(self, status: int, length: int, close: bool, raw: bytes) -> None:
-        self.status = status
-        self.length = length  # -1 chunked, -2 until the server closes, else the length
-        self.close = close  # the server will close after this response
-        self.raw = raw
-
-
 def find_head_end(buf: bytes | bytearray, start: int, scan: int) -> int:
     """End (exclusive) of the head starting at ``start``, searching from ``scan``; -1."""
     m = _HEAD_END.search(buf, max(start, scan))
@@ -250,34 +242,41 @@ def find_head_end(buf: bytes | bytearray, start: int, scan: int) -> int:
 
 
 def parse_response_head(buf: bytes | bytearray, start: int, end: int, method: bytes
-                        ) -> ResponseInfo:
-    """Parse the complete response head ``buf[start:end]`` answering ``method``."""
-    raw = bytes(buf[start:end])
+                        ) -> tuple[int, int, bool]:
+    """Parse the complete response head ``buf[start:end]`` answering ``method``:
+    ``(status, body length, close)``; the length is -1 for chunked, -2 for "until the
+    server closes"; ``close``: the server closes the connection after this answer."""
+    raw = buf[start:end] if start or end != len(buf) else buf
     m = _STATUS_LINE.match(raw)
     if m is None:
-        raise Bad(f"bad status line {raw[:80]!r}")
+        raise Bad(f"bad status line {bytes(raw[:80])!r}")
     status = int(m.group(1))
     low = raw.lower()
     close = b"close" in low and b"close" in _list_values(_field(low, b"connection"))
-    if raw.startswith(b"HTTP/1.0") and b"keep-alive" not in low:
+    if raw[5:8] == b"1.0" and b"keep-alive" not in low:
         close = True
     if method == b"HEAD" or status in (204, 304) or status < 200:
-        return ResponseInfo(status, 0, close, raw)
+        return status, 0, close
     if method == b"CONNECT" and status < 300:
-        return ResponseInfo(status, 0, False, raw)
+        return status, 0, False
     if b"transfer-encoding" in low:
         te = _list_values(_field(low, b"transfer-encoding"))
         if te:
             chunked = te[-1] == b"chunked"
-            return ResponseInfo(status, -1 if chunked else -2, close or not chunked, raw)
-    if b"content-length" in low:
-        cl = _field(low, b"content-length")
-        parts = [p.strip(b" \t") for v in cl for p in v.split(b",")]
+            return status, -1 if chunked else -2, close or not chunked
+    count = low.count(b"content-length")
+    if count == 1:  # the common case, in one search
+        cl = _CONTENT_LENGTH.search(low)
+        if cl is not None:
+            return status, int(cl.group(1)), close
+    if count:
+        values = _field(low, b"content-length")
+        parts = [p.strip(b" \t") for v in values for p in v.split(b",")]
         if parts:
             if not all(_DIGITS.fullmatch(p) for p in parts) or len(set(parts)) != 1:
-                raise Bad(f"bad Content-Length in a response {b', '.join(cl)!r}")
-            return ResponseInfo(status, int(parts[0]), close, raw)
-    return ResponseInfo(status, -2, True, raw)
+                raise Bad(f"bad Content-Length in a response {b', '.join(values)!r}")
+            return status, int(parts[0]), close
+    return status, -2, True
 
 
 def _field(low: bytes, name: bytes) -> list[bytes]:
