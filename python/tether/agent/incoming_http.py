@@ -47,6 +47,7 @@ from ..http.router import (
     Send,
     Shutdown,
 )
+from ..pipe import pipe
 from .incoming_h2 import H2Router
 
 log = logging.getLogger("tether.agent.incoming")
@@ -59,24 +60,7 @@ Opener = Callable[[], Awaitable[socket.socket | None]]
 
 async def splice(a: socket.socket, b: socket.socket, first: bytes = b"") -> None:
     """Copy a->b and b->a until both directions ended (half-closes are forwarded)."""
-    loop = asyncio.get_running_loop()
-
-    async def pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while True:
-                data = await loop.sock_recv(src, READ_SIZE)
-                if not data:
-                    break
-                await loop.sock_sendall(dst, data)
-        except OSError:
-            with contextlib.suppress(OSError):
-                src.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
-
-    if first:
-        await loop.sock_sendall(b, first)
-    await asyncio.gather(pump(a, b), pump(b, a))
+    await pipe(a, b, first)
 
 
 class _Side(asyncio.Protocol):

@@ -328,8 +328,8 @@ def _tool(name: str) -> str:
 
 def wrk(url: str, seconds: float) -> dict[str, float]:
     """Requests/s and p50 latency (ms) of ``wrk`` with 4 keep-alive connections."""
-    argv = [_tool("wrk"), f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{max(1, round(seconds))}s",
-            "--latency", url]
+    argv = [_tool("wrk"), f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}",
+            f"-d{max(1, round(seconds))}s", "--latency", url]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30,
                          check=True).stdout
     rps = re.search(r"Requests/sec:\s*([0-9.]+)", out)

@@ -36,6 +36,7 @@ from .. import (
 )
 from ..config import HttpFilter, IncomingConfig
 from ..link import Link, LinkClosed, RemoteError
+from ..pipe import pipe
 from ..protocol import Message
 
 log = logging.getLogger("tether")
@@ -294,6 +295,12 @@ class Feature:
 
     async def _relay(self, remote: socket.socket, local: socket.socket, lport: int,
                      mirror: bool, shadow_key: tuple[int, str, int] | None = None) -> None:
+        if not mirror:  # stolen: a plain copy both ways, at the event loop's speed
+            try:
+                await pipe(remote, local)
+            finally:
+                self.peers.pop(lport, None)
+            return
         loop = asyncio.get_running_loop()
         # Shadow: frame the copy (requests) and the program's answers, compare in the book.
         ex = None
