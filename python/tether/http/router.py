@@ -228,9 +228,39 @@ class RouterCore:
             return []
         if self._state == _TUNNEL and self._opening is None:
             return [Send(self._tunnel_side, data)]
+        if self._state == _HEAD and not self._buf and data[-4:] == b"\r\n\r\n":
+            fast = self._one_request(data)
+            if fast is not None:
+                return fast
         self._buf = _append(self._buf, data)
         self._run_client()
         return self._flush()
+
+    def _one_request(self, data: bytes) -> list[tuple[object, ...]] | None:
+        """The common case in one step: ``data`` is exactly one request without a body,
+        for an upstream that is open and reading. None: take the general path (nothing
+        was changed)."""
+        n = len(data)
+        if (n > wire.MAX_HEAD_SIZE or data.find(b"\r\n\r\n") != n - 4
+                or not self._client_reading or len(self._order) >= MAX_PIPELINE - 1):
+            return None
+        try:
+            head = wire.parse_request_head(data, 0, n)
+        except Bad:
+            return None
+        if head.length or head.tunnel:
+            return None
+        side = DEV if self.matcher.matches(head) else APP
+        up = self._ups.get(side)
+        if up is None or up.eof or up.closing or self._opening is not None:
+            self._buf = data  # the general path takes it from here (matching again)
+            self._run_client()
+            return self._flush()
+        up.owed += 1
+        self.routed[side] += 1
+        self._order.append(_Entry(_REQ, side, head.method))
+        self._cur = side
+        return [Routed(side, head.method, head.target), Send(side, data)]
 
     def client_eof(self) -> list[tuple[object, ...]]:
         if self._done or self._client_eof:
@@ -296,11 +326,40 @@ class RouterCore:
             return []
         if up.tunnel:
             return [Send(CLIENT, data)]
+        if not up.buf and up.body is None:
+            fast = self._one_answer(up, side, data)
+            if fast is not None:
+                return fast
         up.buf = _append(up.buf, data)
         if self._order and self._order[0].side == side:
             self._run_responses()
         self._update_reading()
         return self._flush()
+
+    def _one_answer(self, up: _Up, side: str, data: bytes) -> list[tuple[object, ...]] | None:
+        """The common case in one step: ``data`` is exactly the whole answer owed next,
+        and nothing else waits. None: take the general path (nothing was changed)."""
+        order = self._order
+        if (not order or not up.reading or not self._client_reading or self._resume
+                or self._client_eof or (self._state != _HEAD and self._state != _BODY)):
+            return None
+        entry = order[0]
+        if entry.side != side or entry.kind != _REQ or entry.tunnel or (
+                len(order) > 1 and order[1].side != side):
+            return None
+        end = wire.find_head_end(data, 0, 0)
+        if end == -1:
+            return None
+        try:
+            status, length, close = wire.parse_response_head(data, 0, end, entry.method)
+        except Bad:
+            return None
+        if status < 200 or end + length != len(data) or length < 0:
+            return None
+        order.popleft()
+        up.owed -= 1
+        up.closing = close
+        return [Send(CLIENT, data)]
 
     def upstream_eof(self, side: str) -> list[tuple[object, ...]]:
         if self._done:
