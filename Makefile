@@ -12,6 +12,7 @@ $(STAMP): setup.py requirements-dev.txt $(wildcard csrc/*.c csrc/*.h csrc/launch
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -r requirements-dev.txt
 	$(VPY) -m pip install -q --no-build-isolation -e .
+	cd tests && npm ci --no-audit --no-fund --silent
 	PYTHONDONTWRITEBYTECODE= $(VPY) -m compileall -q python >/dev/null
 	touch $(STAMP)
 

@@ -51,7 +51,7 @@ setup(
     cmdclass={"build_ext": BuildWithLayer},
     entry_points={
         "console_scripts": [
-            "tether=tether.cli:main",
+            "tether=tether.entry:main",
             "tether-agent=tether.agent.__main__:main",
         ]
     },

@@ -38,15 +38,15 @@ static char *const *env_fix(char *const *envp, char **out, size_t cap, char *pre
                             size_t preload_cap) {
     size_t n = 0;
     const char *their_preload = NULL;
-    if (!tl_cfg.active || cap < 4) return envp;
-    for (size_t i = 0; envp && envp[i] && n + 4 < cap; i++) {
+    if (!tl_cfg.active || cap < 5) return envp;
+    for (size_t i = 0; envp && envp[i] && n + 5 < cap; i++) {
         const char *e = envp[i];
         if (has_prefix(e, "LD_PRELOAD=")) {
             their_preload = e + 11;
             continue;
         }
         if (has_prefix(e, "TETHER_LAYER_SOCK=") || has_prefix(e, "TETHER_LAYER_CONFIG=") ||
-            has_prefix(e, "TETHER_LAYER_SO="))
+            has_prefix(e, "TETHER_LAYER_SO=") || has_prefix(e, "TETHER_LIVENESS_FD="))
             continue;
         out[n++] = (char *)e;
     }
@@ -73,13 +73,14 @@ static char *const *env_fix(char *const *envp, char **out, size_t cap, char *pre
     out[n++] = tl_cfg.sock_var;
     out[n++] = tl_cfg.so_var;
     out[n++] = tl_cfg.config_var;
+    if (tl_live_fd >= 0 && tl_live_var[0]) out[n++] = tl_live_var;
     out[n] = NULL;
     return out;
 }
 
 /* Declares `fixed` (stack storage) and `name` (the envp to pass on). */
 #define WITH_FIXED_ENV(name, envp)                                                     \
-    size_t name##_cap = env_count(envp) + 6;                                           \
+    size_t name##_cap = env_count(envp) + 7;                                           \
     char *name##_store[name##_cap];                                                    \
     char name##_preload[2048];                                                         \
     char *const *name = env_fix((envp), name##_store, name##_cap, name##_preload,      \

@@ -27,6 +27,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
@@ -49,6 +51,7 @@ int __openat64_2(int dirfd, const char *path, int flags);
 int eaccess(const char *path, int mode);
 
 #define FS_NST 16 /* the stat integers on the wire (messages_files.STAT_FIELDS) */
+#define FS_NSF 12 /* the statfs integers on the wire (messages_files.STATFS_FIELDS) */
 #define FS_REPLY_CAP (PATH_MAX + 512)
 
 static struct fs_table table;
@@ -244,21 +247,30 @@ static int decide(const struct fs_table *t, const char *s, int write) {
     if (default_local(t, s, sl)) return FS_LOCAL;
     switch (t->mode) {
     case FS_MODE_WRITE: return FS_REMOTE;
-    case FS_MODE_READ: return write ? FS_EROFS : FS_REMOTE;
+    /* mirrord: a write in read mode bypasses to this machine (its read-only test expects
+     * the local path's answer, e.g. ENOENT where the path does not exist here). */
+    case FS_MODE_READ: return write ? FS_LOCAL : FS_REMOTE;
     default: return FS_LOCAL;
     }
 }
 
+/* Also the seccomp supervisor's decision (features/files.py decide): the table of the last
+ * config is kept, as a program's path calls all come with the same one.  Not reentrant. */
 TL_EXPORT int tl_fs_decide_with(const char *config, const char *cwd, const char *path, int write) {
-    static struct fs_table t; /* tests only: not reentrant */
+    static struct fs_table t;
+    static char *parsed; /* the config t was parsed from */
     char norm[PATH_MAX];
-    if (parse_table(&t, config)) {
-        free_table(&t);
-        return -1;
+    if (!parsed || strcmp(parsed, config)) {
+        if (parsed) free_table(&t); /* a failed parse was freed at once */
+        free(parsed);
+        parsed = NULL;
+        if (parse_table(&t, config)) {
+            free_table(&t);
+            return -1;
+        }
+        parsed = strdup(config);
     }
-    int r = tl_fs_normalize(cwd, path, norm, sizeof norm) ? FS_LOCAL : decide(&t, norm, write);
-    free_table(&t);
-    return r;
+    return tl_fs_normalize(cwd, path, norm, sizeof norm) ? FS_LOCAL : decide(&t, norm, write);
 }
 
 /* The program's own code: the directory its executable was started from (its parent when
@@ -415,6 +427,26 @@ TL_EXPORT long tl_encode_fs_path(unsigned char *buf, unsigned long cap, const ch
     return w.err ? -1 : (long)w.len;
 }
 
+TL_EXPORT long tl_encode_fs_change(unsigned char *buf, unsigned long cap, unsigned long id,
+                                   const char *op, const char *path, const char *to, long arg) {
+    mp_w w;
+    mp_w_init(&w, buf, cap);
+    mp_map(&w, 6);
+    mp_cstr(&w, "t");
+    mp_cstr(&w, "fs_change");
+    mp_cstr(&w, "id");
+    mp_int(&w, (int64_t)id);
+    mp_cstr(&w, "op");
+    mp_cstr(&w, op);
+    mp_cstr(&w, "path");
+    mp_cstr(&w, path);
+    mp_cstr(&w, "to");
+    mp_cstr(&w, to);
+    mp_cstr(&w, "arg");
+    mp_int(&w, arg);
+    return w.err ? -1 : (long)w.len;
+}
+
 /* errno of an error reply; EIO when it names none; 0 when the reply is not an error. */
 TL_EXPORT int tl_decode_fs_errno(const unsigned char *buf, unsigned long len) {
     mp_r r;
@@ -438,6 +470,19 @@ TL_EXPORT int tl_decode_fs_stat(const unsigned char *buf, unsigned long len, lon
         int64_t v;
         if (mp_r_int(&r, &v)) return -1;
         st[i] = v;
+    }
+    return 0;
+}
+
+TL_EXPORT int tl_decode_fs_statfs(const unsigned char *buf, unsigned long len, long long *sf) {
+    mp_r r;
+    uint32_t n;
+    mp_r_init(&r, buf, len);
+    if (mp_r_find(&r, "sf") || mp_r_arr(&r, &n) || n != FS_NSF) return -1;
+    for (uint32_t i = 0; i < n; i++) {
+        int64_t v;
+        if (mp_r_int(&r, &v)) return -1;
+        sf[i] = v;
     }
     return 0;
 }
@@ -852,15 +897,12 @@ static int access_common(int dirfd, const char *path, int amode, int flags, int 
     char norm[PATH_MAX];
     long long st[FS_NST];
     TL_ERRNO_SAVE;
-    int d = classify(dirfd, path, 0, norm, sizeof norm);
+    /* W_OK asks about a write: decided as one, so in read mode it is this machine's answer,
+     * where the write itself would go. */
+    int d = classify(dirfd, path, (amode & W_OK) != 0, norm, sizeof norm);
     *handled = d != FS_LOCAL;
     if (d == FS_LOCAL) return 0;
     if (refuse(d) || remote_stat(norm, !(flags & AT_SYMLINK_NOFOLLOW), st)) return -1;
-    if ((amode & W_OK) && table.mode == FS_MODE_READ &&
-        decide(&table, norm, 1) != FS_REMOTE) {
-        errno = EROFS; /* what a read-only mount answers */
-        return -1;
-    }
     if (access_from_stat(st, amode, flags & AT_EACCESS)) {
         errno = EACCES;
         return -1;
@@ -1041,3 +1083,184 @@ XATTR_HOOK(getxattr, const char *key, void *value, size_t size)
 XATTR_HOOK(lgetxattr, const char *key, void *value, size_t size)
 XATTR_HOOK(listxattr, char *list, size_t size)
 XATTR_HOOK(llistxattr, char *list, size_t size)
+
+/* ------------------------------------------------------------------ changes */
+
+/* mkdir, rmdir, unlink and rename of a remote path act in the target (write mode, or a
+ * read_write path), with the target's errno; in read mode decide() sends them here, as
+ * mirrord does.  A path relative to a remote directory's descriptor needs no hook: the
+ * kernel resolves it in the target's tree. */
+static int remote_change(const char *op, const char *norm, const char *to, long arg) {
+    uint8_t req[2 * PATH_MAX + 160], reply[512];
+    long n = tl_encode_fs_change(req, sizeof req, tl_channel_next_id(), op, norm, to, arg);
+    return fs_call(req, n, reply, sizeof reply, NULL) < 0 ? -1 : 0;
+}
+
+/* 1 when handled (result in *rc), 0 when the path is local. */
+static int change_common(int dirfd, const char *path, const char *op, long arg, int *rc) {
+    char norm[PATH_MAX];
+    TL_ERRNO_SAVE;
+    int d = classify(dirfd, path, 1, norm, sizeof norm);
+    if (d == FS_LOCAL) return 0;
+    if (refuse(d) || remote_change(op, norm, "", arg)) {
+        *rc = -1;
+        return 1;
+    }
+    TL_ERRNO_RESTORE;
+    *rc = 0;
+    return 1;
+}
+
+TL_EXPORT int mkdir(const char *path, mode_t mode) {
+    TL_REAL(mkdir);
+    int rc;
+    return change_common(AT_FDCWD, path, "mkdir", (long)mode, &rc) ? rc : real_mkdir(path, mode);
+}
+
+TL_EXPORT int mkdirat(int dirfd, const char *path, mode_t mode) {
+    TL_REAL(mkdirat);
+    int rc;
+    return change_common(dirfd, path, "mkdir", (long)mode, &rc) ? rc
+                                                                : real_mkdirat(dirfd, path, mode);
+}
+
+TL_EXPORT int rmdir(const char *path) {
+    TL_REAL(rmdir);
+    int rc;
+    return change_common(AT_FDCWD, path, "rmdir", 0, &rc) ? rc : real_rmdir(path);
+}
+
+TL_EXPORT int unlink(const char *path) {
+    TL_REAL(unlink);
+    int rc;
+    return change_common(AT_FDCWD, path, "unlink", 0, &rc) ? rc : real_unlink(path);
+}
+
+TL_EXPORT int unlinkat(int dirfd, const char *path, int flags) {
+    TL_REAL(unlinkat);
+    int rc;
+    const char *op = flags & AT_REMOVEDIR ? "rmdir" : "unlink";
+    return change_common(dirfd, path, op, 0, &rc) ? rc : real_unlinkat(dirfd, path, flags);
+}
+
+/* glibc's remove() calls its internal unlink/rmdir, which no hook sees. */
+TL_EXPORT int remove(const char *path) {
+    TL_REAL(remove);
+    int rc;
+    if (!change_common(AT_FDCWD, path, "unlink", 0, &rc)) return real_remove(path);
+    if (rc == 0 || errno != EISDIR) return rc;
+    return change_common(AT_FDCWD, path, "rmdir", 0, &rc) ? rc : real_remove(path);
+}
+
+/* Both names remote: the target renames; both local: this machine; one of each: EXDEV,
+ * what the kernel answers across file systems (mv then copies and unlinks, through the
+ * hooks). */
+static int rename_common(int olddirfd, const char *oldpath, int newdirfd, const char *newpath,
+                         unsigned int flags, int *rc) {
+    char from[PATH_MAX], to[PATH_MAX];
+    TL_ERRNO_SAVE;
+    int a = classify(olddirfd, oldpath, 1, from, sizeof from);
+    int b = classify(newdirfd, newpath, 1, to, sizeof to);
+    if (a == FS_LOCAL && b == FS_LOCAL) return 0;
+    *rc = -1;
+    if (refuse(a) || refuse(b)) return 1;
+    if (a == FS_LOCAL || b == FS_LOCAL) {
+        errno = EXDEV;
+        return 1;
+    }
+    if (remote_change("rename", from, to, (long)flags)) return 1;
+    TL_ERRNO_RESTORE;
+    *rc = 0;
+    return 1;
+}
+
+TL_EXPORT int rename(const char *oldpath, const char *newpath) {
+    TL_REAL(rename);
+    int rc;
+    return rename_common(AT_FDCWD, oldpath, AT_FDCWD, newpath, 0, &rc)
+               ? rc : real_rename(oldpath, newpath);
+}
+
+TL_EXPORT int renameat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath) {
+    TL_REAL(renameat);
+    int rc;
+    return rename_common(olddirfd, oldpath, newdirfd, newpath, 0, &rc)
+               ? rc : real_renameat(olddirfd, oldpath, newdirfd, newpath);
+}
+
+TL_EXPORT int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath,
+                        unsigned int flags) {
+    TL_REAL(renameat2);
+    int rc;
+    return rename_common(olddirfd, oldpath, newdirfd, newpath, flags, &rc)
+               ? rc : real_renameat2(olddirfd, oldpath, newdirfd, newpath, flags);
+}
+
+/* ------------------------------------------------------------------ statfs */
+
+/* The file system a remote path lives on, as the target sees it.  fstatfs/fstatvfs of a
+ * remote descriptor need no hook: the descriptor is the target's (a memfd over the relay). */
+static int statfs_common(const char *path, long long *sf, int *rc) {
+    char norm[PATH_MAX];
+    uint8_t req[PATH_MAX + 128], reply[512];
+    TL_ERRNO_SAVE;
+    int d = classify(AT_FDCWD, path, 0, norm, sizeof norm);
+    if (d == FS_LOCAL) return 0;
+    *rc = -1;
+    if (refuse(d)) return 1;
+    long n = tl_encode_fs_path(req, sizeof req, "fs_statfs", tl_channel_next_id(), norm);
+    if ((n = fs_call(req, n, reply, sizeof reply, NULL)) < 0) return 1;
+    if (tl_decode_fs_statfs(reply, (unsigned long)n, sf)) {
+        errno = EIO;
+        return 1;
+    }
+    TL_ERRNO_RESTORE;
+    *rc = 0;
+    return 1;
+}
+
+static void fill_statfs(struct statfs *b, const long long *s) {
+    memset(b, 0, sizeof *b);
+    b->f_type = (__fsword_t)s[0];
+    b->f_bsize = (__fsword_t)s[1];
+    b->f_blocks = (fsblkcnt_t)s[2];
+    b->f_bfree = (fsblkcnt_t)s[3];
+    b->f_bavail = (fsblkcnt_t)s[4];
+    b->f_files = (fsfilcnt_t)s[5];
+    b->f_ffree = (fsfilcnt_t)s[6];
+    b->f_fsid.__val[0] = (int)s[7];
+    b->f_fsid.__val[1] = (int)s[8];
+    b->f_namelen = (__fsword_t)s[9];
+    b->f_frsize = (__fsword_t)s[10];
+    b->f_flags = (__fsword_t)s[11];
+}
+
+/* glibc builds statvfs from statfs the same way (f_flag keeps the ST_* mount flags). */
+static void fill_statvfs(struct statvfs *b, const long long *s) {
+    memset(b, 0, sizeof *b);
+    b->f_bsize = (unsigned long)s[1];
+    b->f_frsize = (unsigned long)(s[10] ? s[10] : s[1]);
+    b->f_blocks = (fsblkcnt_t)s[2];
+    b->f_bfree = (fsblkcnt_t)s[3];
+    b->f_bavail = (fsblkcnt_t)s[4];
+    b->f_files = (fsfilcnt_t)s[5];
+    b->f_ffree = (fsfilcnt_t)s[6];
+    b->f_favail = (fsfilcnt_t)s[6];
+    b->f_fsid = (unsigned long)(unsigned int)s[7] | ((unsigned long)(unsigned int)s[8] << 32);
+    b->f_namemax = (unsigned long)s[9];
+    b->f_flag = (unsigned long)s[11] & ~(unsigned long)0x20; /* ST_VALID is statfs-only */
+}
+
+#define STATFS_HOOK(name, type, fill)                                                   \
+    TL_EXPORT int name(const char *path, type *buf) {                                   \
+        TL_REAL(name);                                                                  \
+        long long sf[FS_NSF];                                                           \
+        int rc;                                                                         \
+        if (!statfs_common(path, sf, &rc)) return real_##name(path, buf);               \
+        if (rc == 0) fill((void *)buf, sf);                                             \
+        return rc;                                                                      \
+    }
+STATFS_HOOK(statfs, struct statfs, fill_statfs)
+STATFS_HOOK(statfs64, struct statfs64, fill_statfs)
+STATFS_HOOK(statvfs, struct statvfs, fill_statvfs)
+STATFS_HOOK(statvfs64, struct statvfs64, fill_statvfs)

@@ -12,6 +12,16 @@
  *          remote peer, which accept reports instead of 127.0.0.1.
  * getsockname() reports the port the program asked for, not the one it really got.
  *
+ * Listeners change hands (reloaders, pre-fork servers, spawned workers, sockets passed over
+ * a Unix socket or by socket activation): a process that listens on, accepts from, or asks
+ * getsockname of a listening socket it did not bind itself *adopts* it with one round trip
+ * ("in_listen" with adopt): the orchestrator knows which target port that local port serves
+ * (it saw the bind, "in_bind", or another process's listen) and subscribes it if needed.
+ * Every bind of a served port is reported ("in_bind"), so a process that only binds and
+ * hands the socket on (uvicorn's reloader) keeps the port subscribed while workers come
+ * and go.  Accepted connections that reach a process without its accept (Node's cluster
+ * workers get them over IPC) learn their real client in getpeername, once per socket.
+ *
  * Decisions come from TETHER_LAYER_CONFIG (see features/incoming.py layer_config):
  *   in_mode=mirror|steal  (absent or off: nothing here does anything)
  *   in_ports=P,P          only these target ports (absent: all)
@@ -58,6 +68,8 @@ struct in_sock {
     uint16_t remote_port; /* the target port it serves */
     uint16_t local_port;  /* what it really got */
     int subscribed;
+    /* remote_port 0: looked at and not ours (a local-only bind or an adopted socket the
+     * orchestrator does not serve): never ask again for this socket. */
 };
 
 static struct in_sock socks[IN_MAX_SOCKS];
@@ -157,6 +169,13 @@ static uint16_t decide_with(const struct in_config *c, uint16_t port, int loopba
     for (int i = 0; i < c->n_listen; i++)
         if (c->listen[i].a == remote) *local_port = c->listen[i].b;
     return remote;
+}
+
+/* Does port_mapping name `port` as a local port? */
+static int mapped(uint16_t port) {
+    for (int i = 0; i < in_cfg.n_map; i++)
+        if (in_cfg.map[i].a == port) return 1;
+    return 0;
 }
 
 static uint16_t decide(uint16_t port, int loopback, uint16_t *local_port) {
@@ -290,7 +309,15 @@ TL_EXPORT int bind(int fd, const struct sockaddr *addr, socklen_t len) {
     uint16_t remote = decide(want, is_loopback(addr), &local);
     if (!remote) {
         TL_ERRNO_RESTORE;
-        return real_bind(fd, addr, len);
+        int rc = real_bind(fd, addr, len);
+        if (rc == 0) {
+            TL_ERRNO_SAVE;
+            tl_in_layer++;
+            record(fd, want, 0, want); /* stays local: no round trip at listen */
+            tl_in_layer--;
+            TL_ERRNO_RESTORE;
+        }
+        return rc;
     }
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof ss);
@@ -311,16 +338,22 @@ TL_EXPORT int bind(int fd, const struct sockaddr *addr, socklen_t len) {
     tl_in_layer++;
     record(fd, want, remote, local);
     tl_in_layer--;
+    /* Tell the orchestrator which target port this local port serves: a process that
+     * only binds and hands the socket on (a reloader) holds the subscription while its
+     * workers come and go, and they adopt the socket by its local port. */
+    uint8_t req[128], reply[256];
+    long n = tl_encode_in_bind(req, sizeof req, tl_channel_next_id(), remote, want, local);
+    if (n > 0) tl_channel_call(req, (size_t)n, reply, sizeof reply);
     TL_ERRNO_RESTORE;
     return 0;
 }
 
 TL_EXPORT long tl_encode_in_listen(unsigned char *buf, unsigned long cap, unsigned long id,
                                    long port, long local_port, const char *addr,
-                                   long family) {
+                                   long family, int adopt) {
     mp_w w;
     mp_w_init(&w, buf, cap);
-    mp_map(&w, 6);
+    mp_map(&w, adopt ? 7 : 6);
     mp_cstr(&w, "t");
     mp_cstr(&w, "in_listen");
     mp_cstr(&w, "id");
@@ -333,6 +366,28 @@ TL_EXPORT long tl_encode_in_listen(unsigned char *buf, unsigned long cap, unsign
     mp_cstr(&w, addr);
     mp_cstr(&w, "family");
     mp_int(&w, family);
+    if (adopt) {
+        mp_cstr(&w, "adopt");
+        mp_bool(&w, 1);
+    }
+    return w.err ? -1 : (long)w.len;
+}
+
+TL_EXPORT long tl_encode_in_bind(unsigned char *buf, unsigned long cap, unsigned long id,
+                                 long port, long want, long local_port) {
+    mp_w w;
+    mp_w_init(&w, buf, cap);
+    mp_map(&w, 5);
+    mp_cstr(&w, "t");
+    mp_cstr(&w, "in_bind");
+    mp_cstr(&w, "id");
+    mp_int(&w, (int64_t)id);
+    mp_cstr(&w, "port");
+    mp_int(&w, port);
+    mp_cstr(&w, "want");
+    mp_int(&w, want);
+    mp_cstr(&w, "local_port");
+    mp_int(&w, local_port);
     return w.err ? -1 : (long)w.len;
 }
 
@@ -384,6 +439,99 @@ TL_EXPORT long tl_decode_in_peer_reply(const unsigned char *buf, unsigned long l
     return 1;
 }
 
+/* in_listen_reply: 1 when subscribed (ok), 0 when not, -1 when malformed.  *port and
+ * *want receive the target port served and the port getsockname reports (adopted sockets:
+ * the orchestrator knows them; 0 when the reply does not say). */
+TL_EXPORT long tl_decode_in_listen_reply(const unsigned char *buf, unsigned long len,
+                                         long *port, long *want) {
+    mp_r r;
+    int64_t v;
+    if (!reply_is(buf, len, "in_listen_reply")) return -1;
+    mp_r_init(&r, buf, len);
+    if (mp_r_find(&r, "ok") || r.pos >= r.len) return -1;
+    int ok = r.p[r.pos] == 0xc3;
+    *port = *want = 0;
+    mp_r_init(&r, buf, len);
+    if (!mp_r_find(&r, "port") && !mp_r_int(&r, &v) && v > 0 && v <= 65535) *port = (long)v;
+    mp_r_init(&r, buf, len);
+    if (!mp_r_find(&r, "want") && !mp_r_int(&r, &v) && v > 0 && v <= 65535) *want = (long)v;
+    return ok;
+}
+
+static void sa_text(const struct sockaddr_storage *ss, char *text, size_t cap) {
+    text[0] = '\0';
+    if (ss->ss_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, text, (socklen_t)cap);
+    else if (ss->ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, text, (socklen_t)cap);
+}
+
+/* Ask the orchestrator to serve the target port through this listener.  1: subscribed. */
+static int ask_listen(int fd, uint16_t port, uint16_t local, int adopt, long *port_out,
+                      long *want_out) {
+    struct sockaddr_storage got;
+    socklen_t gl = sizeof got;
+    char text[INET6_ADDRSTRLEN] = "";
+    TL_REAL(getsockname);
+    memset(&got, 0, sizeof got);
+    if (real_getsockname(fd, (struct sockaddr *)&got, &gl) == 0) sa_text(&got, text, sizeof text);
+    uint8_t req[256], reply[512];
+    long n = tl_encode_in_listen(req, sizeof req, tl_channel_next_id(), port, local, text,
+                                 got.ss_family == AF_INET6 ? 6 : 4, adopt);
+    *port_out = port;
+    *want_out = port;
+    if (n <= 0 || (n = tl_channel_call(req, (size_t)n, reply, sizeof reply)) <= 0) return 0;
+    long p, w;
+    int ok = (int)tl_decode_in_listen_reply(reply, (unsigned long)n, &p, &w);
+    if (p) *port_out = p;
+    if (w) *want_out = w;
+    return ok == 1;
+}
+
+/* A listening socket this process did not bind (inherited across exec, passed over a Unix
+ * socket, socket activation): ask whether it serves a target port, and remember the answer
+ * either way (one round trip per socket).  Caller checked it is not known. */
+static void adopt(int fd) {
+    int type = 0;
+    socklen_t tl = sizeof type;
+    struct sockaddr_storage got;
+    socklen_t gl = sizeof got;
+    TL_REAL(getsockname);
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) || type != SOCK_STREAM ||
+        real_getsockname(fd, (struct sockaddr *)&got, &gl) ||
+        (got.ss_family != AF_INET && got.ss_family != AF_INET6)) {
+        record(fd, 0, 0, 0); /* not a TCP listener: never look again */
+        return;
+    }
+    uint16_t local = sa_port((struct sockaddr *)&got), unused;
+    /* Our guess from the port rules; an ephemeral port is only served if the orchestrator
+     * saw it bound for a target port (a busy local port moved there). */
+    uint16_t guess = local >= 32768 && !mapped(local)
+                         ? 0
+                         : decide(local, is_loopback((struct sockaddr *)&got), &unused);
+    long port, want;
+    int ok = ask_listen(fd, guess, local, 1, &port, &want);
+    record(fd, ok ? (uint16_t)want : local, ok ? (uint16_t)port : 0, local);
+    if (ok) mark_subscribed(fd);
+}
+
+/* The socket's entry, adopting it first if it listens and we never saw it.  0: not ours. */
+static int lookup_or_adopt(int fd, struct in_sock *out, int check_listening) {
+    tl_in_layer++;
+    int known = lookup(fd, out);
+    if (!known) {
+        int acc = 0;
+        socklen_t al = sizeof acc;
+        if (!check_listening ||
+            (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &al) == 0 && acc)) {
+            adopt(fd);
+            known = lookup(fd, out);
+        }
+    }
+    tl_in_layer--;
+    return known && out->remote_port;
+}
+
 TL_EXPORT int listen(int fd, int backlog) {
     TL_REAL(listen);
     int rc = real_listen(fd, backlog);
@@ -393,26 +541,19 @@ TL_EXPORT int listen(int fd, int backlog) {
     tl_in_layer++;
     int known = lookup(fd, &s);
     tl_in_layer--;
-    if (!known || s.subscribed) {
+    if (!known) {
+        lookup_or_adopt(fd, &s, 0); /* bound elsewhere: adopt (subscribes if it serves) */
         TL_ERRNO_RESTORE;
         return rc;
     }
-    struct sockaddr_storage got;
-    socklen_t gl = sizeof got;
-    char text[INET6_ADDRSTRLEN] = "";
-    TL_REAL(getsockname);
-    if (real_getsockname(fd, (struct sockaddr *)&got, &gl) == 0) {
-        if (got.ss_family == AF_INET)
-            inet_ntop(AF_INET, &((struct sockaddr_in *)&got)->sin_addr, text, sizeof text);
-        else
-            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&got)->sin6_addr, text, sizeof text);
+    if (s.subscribed || !s.remote_port) {
+        TL_ERRNO_RESTORE;
+        return rc;
     }
-    uint8_t req[256], reply[512];
-    long n = tl_encode_in_listen(req, sizeof req, tl_channel_next_id(), s.remote_port,
-                                 s.local_port, text, got.ss_family == AF_INET6 ? 6 : 4);
     /* The orchestrator answers once traffic can flow (or says why it cannot, in its log:
      * the program's own listen still succeeds, locally). */
-    if (n > 0 && tl_channel_call(req, (size_t)n, reply, sizeof reply) > 0) {
+    long port, want;
+    if (ask_listen(fd, s.remote_port, s.local_port, 0, &port, &want)) {
         tl_in_layer++;
         mark_subscribed(fd);
         tl_in_layer--;
@@ -427,7 +568,7 @@ TL_EXPORT int listen(int fd, int backlog) {
 #define IN_MAX_PEERS 4096
 struct in_peer {
     ino_t ino;
-    socklen_t len;
+    socklen_t len; /* 0 with ino set: asked, not one of ours */
     struct sockaddr_storage addr;
 };
 static struct in_peer peers[IN_MAX_PEERS];
@@ -436,17 +577,99 @@ static void remember_peer(int fd, const struct sockaddr_storage *addr, socklen_t
     if (fd < 0 || fd >= IN_MAX_PEERS) return;
     peers[fd].ino = fd_ino(fd);
     peers[fd].len = len;
-    memcpy(&peers[fd].addr, addr, len);
+    if (len) memcpy(&peers[fd].addr, addr, len);
 }
 
+/* Is local port `port` one a target port is served on?  The port rules say so, or a
+ * listener this process knows. */
+static int serves_local_port(uint16_t port) {
+    uint16_t unused;
+    /* An ephemeral port may be a busy port moved (the bind happened in another process):
+     * only the orchestrator knows, so ask. */
+    if (port >= 32768 || decide(port, 0, &unused)) return 1;
+    int found = 0;
+    pthread_mutex_lock(&socks_lock);
+    for (int i = 0; i < IN_MAX_SOCKS && !found; i++)
+        found = socks[i].used && socks[i].remote_port && socks[i].local_port == port;
+    pthread_mutex_unlock(&socks_lock);
+    return found;
+}
+
+static int ask_peer(int cfd, const struct sockaddr_storage *peer, uint16_t listen_port,
+                    struct sockaddr_storage *out, socklen_t *ol);
+
+/* Called by the getpeername hook (tl_in_layer set) after the real call succeeded. */
 int tl_in_getpeername(int fd, struct sockaddr *addr, socklen_t *alen) {
-    if (fd < 0 || fd >= IN_MAX_PEERS || !peers[fd].len || !addr || !alen) return 0;
-    if (fd_ino(fd) != peers[fd].ino) {
-        peers[fd].len = 0; /* closed and reused */
-        return 0;
+    if (fd < 0 || fd >= IN_MAX_PEERS || !addr || !alen) return 0;
+    ino_t ino = fd_ino(fd);
+    if (peers[fd].ino && ino != peers[fd].ino) peers[fd].ino = 0, peers[fd].len = 0;
+    if (!peers[fd].ino) {
+        /* A connection this process did not accept itself (Node's cluster workers get
+         * them from the primary): if it came from the orchestrator to a served port, ask
+         * who it stands for, once. */
+        in_init();
+        if (!in_cfg.enabled || !tl_cfg.active || tl_cfg.passthrough) return 0;
+        struct sockaddr_storage peer, local, out;
+        socklen_t pl = sizeof peer, ll = sizeof local, ol = 0;
+        TL_REAL(getpeername);
+        TL_REAL(getsockname);
+        if (real_getpeername(fd, (struct sockaddr *)&peer, &pl) ||
+            !is_loopback((struct sockaddr *)&peer) ||
+            real_getsockname(fd, (struct sockaddr *)&local, &ll) ||
+            !serves_local_port(sa_port((struct sockaddr *)&local)))
+            return 0;
+        if (!ask_peer(fd, &peer, sa_port((struct sockaddr *)&local), &out, &ol)) ol = 0;
+        remember_peer(fd, &out, ol);
+        if (!ol) return 0;
     }
+    if (!peers[fd].len) return 0;
     memcpy(addr, &peers[fd].addr, peers[fd].len < *alen ? peers[fd].len : *alen);
     *alen = peers[fd].len;
+    return 1;
+}
+
+/* in_peer: the remote client the orchestrator's connection from `peer` stands for, in
+ * the family of `peer` (v4-mapped on a dual-stack listener).  1 with *out set. */
+static int ask_peer(int cfd, const struct sockaddr_storage *peer, uint16_t listen_port,
+                    struct sockaddr_storage *out, socklen_t *ol) {
+    (void)cfd;
+    uint8_t req[128], reply[256];
+    char text[INET6_ADDRSTRLEN + 1];
+    unsigned long id;
+    long port;
+    long n = tl_encode_in_peer(req, sizeof req, tl_channel_next_id(),
+                               sa_port((const struct sockaddr *)peer), listen_port);
+    if (n <= 0 || (n = tl_channel_call(req, (size_t)n, reply, sizeof reply)) <= 0 ||
+        tl_decode_in_peer_reply(reply, (unsigned long)n, &id, text, sizeof text, &port) != 1)
+        return 0;
+    memset(out, 0, sizeof *out);
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET, text, &a4) == 1) {
+        if (peer->ss_family == AF_INET6) { /* dual-stack listener: v4-mapped */
+            struct sockaddr_in6 *o = (struct sockaddr_in6 *)out;
+            o->sin6_family = AF_INET6;
+            o->sin6_port = htons((uint16_t)port);
+            o->sin6_addr.s6_addr[10] = 0xff;
+            o->sin6_addr.s6_addr[11] = 0xff;
+            memcpy(&o->sin6_addr.s6_addr[12], &a4, 4);
+            *ol = sizeof *o;
+        } else {
+            struct sockaddr_in *o = (struct sockaddr_in *)out;
+            o->sin_family = AF_INET;
+            o->sin_port = htons((uint16_t)port);
+            o->sin_addr = a4;
+            *ol = sizeof *o;
+        }
+    } else if (inet_pton(AF_INET6, text, &a6) == 1 && peer->ss_family == AF_INET6) {
+        struct sockaddr_in6 *o = (struct sockaddr_in6 *)out;
+        o->sin6_family = AF_INET6;
+        o->sin6_port = htons((uint16_t)port);
+        o->sin6_addr = a6;
+        *ol = sizeof *o;
+    } else {
+        return 0;
+    }
     return 1;
 }
 
@@ -467,54 +690,13 @@ static void fix_peer(int lfd, int cfd, struct sockaddr *addr, socklen_t *alen) {
     tl_in_layer--;
     if (!known || !s.subscribed) return;
     /* The kernel may have truncated the address; ask for the full one. */
-    struct sockaddr_storage peer;
-    socklen_t pl = sizeof peer;
+    struct sockaddr_storage peer, out;
+    socklen_t pl = sizeof peer, ol = 0;
     tl_in_layer++;
     int r = getpeername(cfd, (struct sockaddr *)&peer, &pl);
     tl_in_layer--;
-    if (r || !is_loopback((struct sockaddr *)&peer)) {
-        TL_ERRNO_RESTORE;
-        return;
-    }
-    uint8_t req[128], reply[256];
-    char text[INET6_ADDRSTRLEN + 1];
-    unsigned long id;
-    long port;
-    long n = tl_encode_in_peer(req, sizeof req, tl_channel_next_id(),
-                               sa_port((struct sockaddr *)&peer), s.local_port);
-    if (n <= 0 || (n = tl_channel_call(req, (size_t)n, reply, sizeof reply)) <= 0 ||
-        tl_decode_in_peer_reply(reply, (unsigned long)n, &id, text, sizeof text, &port) != 1) {
-        TL_ERRNO_RESTORE;
-        return;
-    }
-    struct sockaddr_storage out;
-    socklen_t ol;
-    memset(&out, 0, sizeof out);
-    struct in_addr a4;
-    struct in6_addr a6;
-    if (inet_pton(AF_INET, text, &a4) == 1) {
-        if (peer.ss_family == AF_INET6) { /* dual-stack listener: v4-mapped */
-            struct sockaddr_in6 *o = (struct sockaddr_in6 *)&out;
-            o->sin6_family = AF_INET6;
-            o->sin6_port = htons((uint16_t)port);
-            o->sin6_addr.s6_addr[10] = 0xff;
-            o->sin6_addr.s6_addr[11] = 0xff;
-            memcpy(&o->sin6_addr.s6_addr[12], &a4, 4);
-            ol = sizeof *o;
-        } else {
-            struct sockaddr_in *o = (struct sockaddr_in *)&out;
-            o->sin_family = AF_INET;
-            o->sin_port = htons((uint16_t)port);
-            o->sin_addr = a4;
-            ol = sizeof *o;
-        }
-    } else if (inet_pton(AF_INET6, text, &a6) == 1 && peer.ss_family == AF_INET6) {
-        struct sockaddr_in6 *o = (struct sockaddr_in6 *)&out;
-        o->sin6_family = AF_INET6;
-        o->sin6_port = htons((uint16_t)port);
-        o->sin6_addr = a6;
-        ol = sizeof *o;
-    } else {
+    if (r || !is_loopback((struct sockaddr *)&peer) ||
+        !ask_peer(cfd, &peer, s.local_port, &out, &ol)) {
         TL_ERRNO_RESTORE;
         return;
     }
@@ -526,8 +708,19 @@ static void fix_peer(int lfd, int cfd, struct sockaddr *addr, socklen_t *alen) {
     TL_ERRNO_RESTORE;
 }
 
+/* Before a real accept on a listener this process never saw (it would wait forever if
+ * nothing subscribed its port): adopt it. */
+static void before_accept(int fd) {
+    if (!in_active()) return;
+    TL_ERRNO_SAVE;
+    struct in_sock s;
+    lookup_or_adopt(fd, &s, 1);
+    TL_ERRNO_RESTORE;
+}
+
 TL_EXPORT int accept(int fd, struct sockaddr *addr, socklen_t *alen) {
     TL_REAL(accept);
+    before_accept(fd);
     int c = real_accept(fd, addr, alen);
     fix_peer(fd, c, addr, alen);
     return c;
@@ -535,6 +728,7 @@ TL_EXPORT int accept(int fd, struct sockaddr *addr, socklen_t *alen) {
 
 TL_EXPORT int accept4(int fd, struct sockaddr *addr, socklen_t *alen, int flags) {
     TL_REAL(accept4);
+    before_accept(fd);
     int c = real_accept4(fd, addr, alen, flags);
     fix_peer(fd, c, addr, alen);
     return c;
@@ -557,9 +751,9 @@ TL_EXPORT int getsockname(int fd, struct sockaddr *addr, socklen_t *alen) {
         return rc;
     TL_ERRNO_SAVE;
     struct in_sock s;
-    tl_in_layer++;
-    int known = lookup(fd, &s);
-    tl_in_layer--;
+    /* A listener handed to this process (Werkzeug's reloader child, socket activation)
+     * is usually first asked its address: adopt it here, before anyone waits on it. */
+    int known = lookup_or_adopt(fd, &s, 1);
     if (known && s.want_port && s.want_port != s.local_port) sa_set_port(addr, s.want_port);
     TL_ERRNO_RESTORE;
     return rc;

@@ -6,7 +6,8 @@
  *   TETHER_LAYER_SOCK    Unix socket of the orchestrator
  *   TETHER_LAYER_SO      path of this library (LD_PRELOAD is rebuilt from it)
  *   TETHER_LAYER_CONFIG  "key=value;..." decisions the layer makes without a round trip
- *   TETHER_ENV_APPLIED   set only at spawn; absent after a scrub => getenv falls back */
+ *   TETHER_ENV_APPLIED   set only at spawn; absent after a scrub => getenv falls back
+ *   TETHER_LIVENESS_FD   the session's liveness pipe (liveness.c) */
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -116,6 +117,7 @@ static void do_init(void) {
             if (access(tl_cfg.launcher, X_OK)) tl_cfg.launcher[0] = '\0';
         }
         tl_cfg.env_fallback = getenv("TETHER_ENV_APPLIED") == NULL;
+        tl_liveness_init();
         if (tl_cfg.skip[0] && name_in_list(program_invocation_short_name, tl_cfg.skip))
             tl_cfg.passthrough = 1;
     }

@@ -64,6 +64,13 @@ TL_HIDDEN int tl_in_getpeername(int fd, struct sockaddr *addr, socklen_t *alen);
 /* A socket outgoing made remote in relay mode: its target-side address; 1 if fd is one. */
 TL_HIDDEN int tl_out_getsockname(int fd, struct sockaddr *addr, socklen_t *alen);
 
+/* ---- unix.c ---- */
+/* connect() of a Unix socket: served in the target if its name matches unix_streams
+ * (*handled = 1, the result returned), else *handled = 0. */
+TL_HIDDEN int tl_unix_connect(int fd, const struct sockaddr *addr, socklen_t len,
+                              int (*real_connect)(int, const struct sockaddr *, socklen_t),
+                              int *handled);
+
 /* ---- channel.c: the per-process session with the orchestrator ---- */
 /* The channel's descriptor (-1: none); read on every close(), so a plain variable. */
 extern int tl_chan_fd TL_HIDDEN;
@@ -71,6 +78,20 @@ static inline int tl_channel_fd(void) { return tl_chan_fd; }
 static inline int tl_channel_is(int fd) { return fd >= 0 && fd == tl_chan_fd; }
 /* Move the channel off `fd` (a program wants that number). 0 on success. */
 TL_HIDDEN int tl_channel_evict(int fd);
+
+/* ---- liveness.c: the descriptor that keeps the session while the program's tree lives ---- */
+extern int tl_live_fd TL_HIDDEN;     /* -1: none */
+extern char tl_live_var[48] TL_HIDDEN; /* TETHER_LIVENESS_FD=<n>, for the exec hooks */
+TL_HIDDEN void tl_liveness_init(void);
+/* Move the liveness descriptor off `fd` (a program wants that number). 0 on success. */
+TL_HIDDEN int tl_liveness_evict(int fd);
+/* Descriptors the program cannot close or reuse: the channel and the liveness pipe. */
+static inline int tl_fd_protected(int fd) {
+    return fd >= 0 && (fd == tl_chan_fd || fd == tl_live_fd);
+}
+static inline int tl_fd_evict(int fd) {
+    return fd == tl_live_fd ? tl_liveness_evict(fd) : tl_channel_evict(fd);
+}
 /* Send one request frame and wait for the reply with the same id.  Returns the reply
  * body length written to `reply`, or -1 (errno set) when there is no session. */
 TL_HIDDEN long tl_channel_call(const uint8_t *req, size_t req_len, uint8_t *reply,

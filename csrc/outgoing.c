@@ -644,6 +644,10 @@ static int hooks_on(void) { return !tl_in_layer && tl_cfg.active && !tl_cfg.pass
 TL_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len) {
     TL_REAL(connect);
     int domain = 0, proto;
+    if (addr && addr->sa_family == AF_UNIX && hooks_on()) { /* unix_streams: csrc/unix.c */
+        int handled, rc = tl_unix_connect(fd, addr, len, real_connect, &handled);
+        return handled ? rc : real_connect(fd, addr, len);
+    }
     if (!hooks_on() || !addr || (addr->sa_family != AF_INET && addr->sa_family != AF_INET6))
         return real_connect(fd, addr, len);
     TL_ERRNO_SAVE;

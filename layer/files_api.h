@@ -23,3 +23,9 @@ int tl_decode_fs_errno(const unsigned char *buf, unsigned long len);
 int tl_decode_fs_stat(const unsigned char *buf, unsigned long len, long long *st);
 long tl_decode_fs_string(const unsigned char *buf, unsigned long len, const char *key, char *out,
                          unsigned long cap);
+
+/* fs_change (mkdir, rmdir, unlink, rename of a remote path) and the 12 integers of an
+ * fs_statfs_reply (messages_files.STATFS_FIELDS; 0, or -1 if malformed). */
+long tl_encode_fs_change(unsigned char *buf, unsigned long cap, unsigned long id, const char *op,
+                         const char *path, const char *to, long arg);
+int tl_decode_fs_statfs(const unsigned char *buf, unsigned long len, long long *sf);

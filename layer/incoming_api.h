@@ -2,9 +2,19 @@
  * Plain C declarations only. */
 
 /* {"t":"in_listen","id":id,"port":port,"local_port":local_port,"addr":addr,"family":family}
- * port: the target port to subscribe; local_port/addr: where the program really listens. */
+ * port: the target port to subscribe; local_port/addr: where the program really listens.
+ * adopt=1 adds "adopt":true: a listener this process did not bind (port is a guess, 0 for
+ * none; the orchestrator knows better from the bind). */
 long tl_encode_in_listen(unsigned char *buf, unsigned long cap, unsigned long id, long port,
-                         long local_port, const char *addr, long family);
+                         long local_port, const char *addr, long family, int adopt);
+/* in_listen_reply: 1 ok, 0 not subscribed, -1 malformed; *port / *want: the target port
+ * and the port getsockname reports (0 when absent). */
+long tl_decode_in_listen_reply(const unsigned char *buf, unsigned long len, long *port,
+                               long *want);
+/* {"t":"in_bind","id":id,"port":port,"want":want,"local_port":local_port}: a socket bound
+ * at local_port serves target port `port` (the program asked for `want`). */
+long tl_encode_in_bind(unsigned char *buf, unsigned long cap, unsigned long id, long port,
+                       long want, long local_port);
 /* {"t":"in_peer","id":id,"port":port}: who is the orchestrator connection from local port
  * `port`, to the listener on local port `listen_port`? */
 long tl_encode_in_peer(unsigned char *buf, unsigned long cap, unsigned long id, long port,

@@ -20,11 +20,14 @@ ffibuilder.cdef(
     int tether_set_name(const char *name);
     int tether_set_pdeathsig(int sig);
     int tether_sysno(const char *name);
-    int tether_seccomp_listener(const int *nrs, int n);
-    struct tether_notif { uint64_t id; uint32_t pid; int32_t nr; uint64_t args[6]; };
-    int tether_notif_recv(int fd, struct tether_notif *out);
+    int tether_seccomp_listener(void);
+    struct tether_notif { uint64_t id; uint32_t pid; int32_t nr; uint64_t args[6];
+                          char exe[512]; char path[4096]; };
+    int tether_notif_recv_program(int fd, struct tether_notif *out, const char *skip_names,
+                                  const char *skip_exes);
     int tether_notif_respond(int fd, uint64_t id, int64_t val, int32_t error, uint32_t flags);
     int tether_notif_id_valid(int fd, uint64_t id);
+    int tether_notif_sync_wakeup(int fd);
     int tether_notif_addfd(int fd, uint64_t id, int srcfd, int newfd, uint32_t newfd_flags);
     #define CLONE_NEWNET ...
     #define CLONE_NEWNS ...

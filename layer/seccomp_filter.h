@@ -1,6 +1,6 @@
 /* The seccomp filter tether installs for programs the layer cannot reach (static and Go
- * binaries): connect, bind and listen go to a supervisor (user notification), every other
- * system call runs.  One definition, included by the native helper module (layer/native.c,
+ * binaries): connect, bind, listen and the calls that open or stat a path go to a
+ * supervisor (user notification), every other system call runs.  One definition, included by the native helper module (layer/native.c,
  * used by `tether exec`) and by the launcher (csrc/launcher/main.c, used when a program
  * that has the layer execs a static or Go binary). */
 #ifndef TETHER_SECCOMP_FILTER_H
@@ -27,8 +27,16 @@
 #error "seccomp support needs an audit arch for this machine"
 #endif
 
-/* The system calls the supervisor sees (python/tether/seccomp.py TRAPPED, same order). */
-static const int tether_trapped_syscalls[] = {SYS_connect, SYS_bind, SYS_listen};
+/* The system calls the supervisor sees (python/tether/seccomp.py reads this list through
+ * tether._native).  The path calls are x86-64's and arm64's: open/stat/lstat exist only on
+ * x86-64.  Build tools pay one round trip into the supervisor's C loop per path call
+ * (layer/native.c tether_notif_recv_program), never one into Python. */
+static const int tether_trapped_syscalls[] = {
+    SYS_connect, SYS_bind, SYS_listen, SYS_openat, SYS_newfstatat, SYS_statx,
+#ifdef SYS_open
+    SYS_open, SYS_stat, SYS_lstat,
+#endif
+};
 #define TETHER_N_TRAPPED (int)(sizeof tether_trapped_syscalls / sizeof tether_trapped_syscalls[0])
 
 /* Install a filter that sends `nrs` to a supervisor and lets every other call through,

@@ -28,6 +28,15 @@ def test_help_is_enough_to_start(command):
     assert "Usage:" in res.stdout
     if command == ["exec"]:
         assert "--config-file" in res.stdout and "process/<pid>" in res.stdout
+        for flag in ("--steal", "--fs-mode", "-s, --override-env-vars-include",
+                     "-x, --override-env-vars-exclude", "--env-file", "--no-outgoing",
+                     "--no-udp-outgoing", "--no-remote-dns", "-p, --port-mapping",
+                     "-a, --agent-namespace", "-i, --agent-image", "-e, --ephemeral-container",
+                     "-c, --accept-invalid-certificates"):
+            assert flag in res.stdout
+    if command == []:  # every feature has landed: the overview says what it does
+        assert "as features land" not in res.stdout
+        assert "incoming traffic" in res.stdout and "files" in res.stdout
 
 
 @pytest.mark.parametrize("name", ["mirror.json", "steal.json", "filter.json"])
@@ -75,3 +84,20 @@ def test_exec_without_a_target_says_how_to_give_one(tmp_path):
     res = run("exec", "--", "true", cwd=tmp_path)
     assert res.returncode != 0
     assert "--target process/<pid>" in res.stderr
+
+
+def test_keys_tether_does_not_act_on_are_named_by_verify_config_and_at_start(tmp_path):
+    """No key stays silently valid: one line names them, in verify-config and when a
+    session starts."""
+    res = run("verify-config", str(CONFIGS / "everything.json"))
+    assert res.returncode == 0
+    assert "valid (1 warning)" in res.stdout
+    line = ("accepted, not used by tether: operator, telemetry, feature.copy_target, "
+            "agent.flush_connections, agent.metrics, agent.log_level, "
+            "agent.communication_timeout, agent.annotations")
+    assert line in res.stderr
+    cfg = tmp_path / "c.json"
+    cfg.write_text('{"target": "process/999999", "operator": true}')
+    res = run("exec", "-f", str(cfg), "--", "true")
+    assert "tether: config: accepted, not used by tether: operator" in res.stderr
+    assert "process/999999: no such process" in res.stderr

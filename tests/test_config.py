@@ -82,13 +82,11 @@ def test_yaml_and_toml_read_like_json(name: str) -> None:
 
 def test_a_file_using_most_keys_loads_with_warnings_for_unused_ones() -> None:
     loaded = load_config(str(CONFIGS / "everything.json"))
-    assert loaded.warnings == [
-        "operator: accepted but not used by tether",
-        "telemetry: accepted but not used by tether",
-        "feature.copy_target: accepted but not used by tether",
-        "agent.flush_connections: accepted but not used by tether",
-        "agent.metrics: accepted but not used by tether",
-    ]
+    assert loaded.warnings == []
+    assert loaded.unused == ["operator", "telemetry", "feature.copy_target",
+                             "agent.flush_connections", "agent.metrics", "agent.log_level",
+                             "agent.communication_timeout", "agent.annotations"]
+    assert loaded.report() == ["accepted, not used by tether: " + ", ".join(loaded.unused)]
     cfg = loaded.config
     assert cfg.target.container == "app"
     assert cfg.agent.image == "registry.example.com/tether-agent:1.2.3"
@@ -488,58 +486,35 @@ def test_config_error_text_lists_every_problem() -> None:
 
 
 @pytest.mark.parametrize(
-    ("data", "warning"),
+    ("data", "path"),
     [
-        ({"operator": True}, "operator: accepted but not used by tether"),
-        (
-            {"internal_proxy": {"start_idle_timeout": 30}},
-            "internal_proxy: accepted but not used by tether",
-        ),
-        (
-            {"experimental": {"readlink": True}},
-            "experimental: accepted but not used by tether",
-        ),
-        (
-            {"agent": {"nftables": True}},
-            "agent.nftables: accepted but not used by tether",
-        ),
-        (
-            {"feature": {"copy_target": True}},
-            "feature.copy_target: accepted but not used by tether",
-        ),
-        (
-            {"feature": {"split_queues": {}}},
-            "feature.split_queues: accepted but not used by tether",
-        ),
-        (
-            {"feature": {"env": {"load_from_process": True}}},
-            "feature.env.load_from_process: accepted but not used by tether",
-        ),
-        (
-            {"feature": {"fs": {"readonly_file_buffer": 0}}},
-            "feature.fs.readonly_file_buffer: accepted but not used by tether",
-        ),
-        (
-            incoming({"tls_delivery": {"protocol": "tcp"}}),
-            "feature.network.incoming.tls_delivery: accepted but not used by tether",
-        ),
-        (
-            incoming(
-                {"http_filter": {"header_filter": "^baggage: .*session={{ key }}"}}
-            ),
-            (
-                "feature.network.incoming.http_filter.header_filter: templates ({{ ... }}) are not "
-                "expanded by tether; the text is used as written"
-            ),
-        ),
-        (
-            incoming({"http_filter": {"ports": [80]}}),
-            "feature.network.incoming.http_filter.ports: no filter is set, so ports has no effect",
-        ),
+        ({"operator": True}, "operator"),
+        ({"internal_proxy": {"start_idle_timeout": 30}}, "internal_proxy"),
+        ({"experimental": {"readlink": True}}, "experimental"),
+        ({"agent": {"nftables": True}}, "agent.nftables"),
+        ({"feature": {"copy_target": True}}, "feature.copy_target"),
+        ({"feature": {"split_queues": {}}}, "feature.split_queues"),
+        ({"feature": {"env": {"load_from_process": True}}}, "feature.env.load_from_process"),
+        ({"feature": {"fs": {"readonly_file_buffer": 0}}}, "feature.fs.readonly_file_buffer"),
+        (incoming({"tls_delivery": {"protocol": "tcp"}}), "feature.network.incoming.tls_delivery"),
+        # keys of the model that nothing in tether reads
+        ({"agent": {"communication_timeout": 10}}, "agent.communication_timeout"),
+        ({"agent": {"log_level": "debug"}}, "agent.log_level"),
+        ({"agent": {"annotations": {"a": "b"}}}, "agent.annotations"),
     ],
 )
-def test_accepted_keys_warn(data: dict[str, Any], warning: str) -> None:
-    assert parse_config(data).warnings == [warning]
+def test_keys_tether_does_not_act_on_are_reported_not_silently_valid(
+    data: dict[str, Any], path: str
+) -> None:
+    loaded = parse_config(data)
+    assert loaded.warnings == []
+    assert loaded.report() == [f"accepted, not used by tether: {path}"]
+
+
+def test_a_filter_port_list_without_a_filter_warns() -> None:
+    loaded = parse_config(incoming({"http_filter": {"ports": [80]}}))
+    assert loaded.report() == [
+        "feature.network.incoming.http_filter.ports: no filter is set, so ports has no effect"]
 
 
 def test_accepted_keys_are_still_type_checked() -> None:
@@ -698,8 +673,8 @@ def test_no_path_uses_dot_tether_in_cwd(
     [
         (
             "bad.json",
-            '{\n  "target": "pod/x",\n}',
-            ": invalid JSON at line 3, column 1: ",
+            '{\n  "target": "pod/x"\n,',
+            ": invalid JSON at line 3, column 2: ",
         ),
         ("bad.yaml", "target: [unclosed\n", ": invalid YAML at line 2, column 1: "),
         ("bad.toml", "target = \n", ": invalid TOML: "),
@@ -754,3 +729,172 @@ def test_incoming_shadow_defaults_off_and_parses() -> None:
     steal = parse_config(incoming({"mode": "steal", "shadow": False})).config
     assert steal.feature.network.incoming.shadow is False
     assert dump_effective(cfg)["feature"]["network"]["incoming"]["shadow"] is True
+
+
+# --------------------------------------------------------------------------
+# The incumbent's own documentation examples, and templates
+
+
+# mirrord's "Complete config.json" example (mirrord/config/src/lib.rs, `#root-complete`),
+# as its documentation prints it: with the trailing comma after "metrics" and the `{{ key }}`
+# template in the header filter.
+MIRRORD_COMPLETE = r"""{
+  "accept_invalid_certificates": false,
+  "skip_processes": "ide-debugger",
+  "target": {"path": "pod/bear-pod", "namespace": "default"},
+  "connect_tcp": null,
+  "agent": {
+    "log_level": "info",
+    "json_log": false,
+    "labels": { "user": "meow" },
+    "annotations": { "cats.io/inject": "enabled" },
+    "namespace": "default",
+    "image": "ghcr.io/metalbear-co/mirrord:latest",
+    "image_pull_policy": "IfNotPresent",
+    "image_pull_secrets": [ { "name": "secret" } ],
+    "ttl": 30,
+    "ephemeral": false,
+    "communication_timeout": 30,
+    "startup_timeout": 360,
+    "flush_connections": true,
+    "metrics": "0.0.0.0:9000",
+  },
+  "feature": {
+    "env": {
+      "include": "DATABASE_USER;PUBLIC_ENV",
+      "exclude": "DATABASE_PASSWORD;SECRET_ENV",
+      "override": {"DATABASE_CONNECTION": "db://localhost:7777/my-db", "LOCAL_BEAR": "panda"},
+      "mapping": {".+_TIMEOUT": "1000"}
+    },
+    "fs": {
+      "mode": "write",
+      "read_write": ".+\\.json" ,
+      "read_only": [ ".+\\.yaml", ".+important-file\\.txt" ],
+      "local": [ ".+\\.js", ".+\\.mjs" ]
+    },
+    "network": {
+      "incoming": {
+        "mode": "steal",
+        "http_filter": {"header_filter": "^baggage: .*mirrord-session={{ key }}.*$"},
+        "port_mapping": [[ 7777, 8888 ]],
+        "ignore_localhost": false,
+        "ignore_ports": [9999, 10000]
+      },
+      "outgoing": {
+        "tcp": true,
+        "udp": true,
+        "filter": {"local": ["tcp://1.1.1.0/24:1337", "1.1.5.0/24", "google.com", ":53"]},
+        "ignore_localhost": false,
+        "unix_streams": "bear.+"
+      },
+      "dns": {
+        "enabled": true,
+        "filter": {"local": ["1.1.1.0/24:1337", "1.1.5.0/24", "google.com"]}
+      }
+    },
+    "copy_target": {"scale_down": false}
+  },
+  "operator": true,
+  "kubeconfig": "~/.kube/config",
+  "sip_binaries": "bash",
+  "telemetry": true,
+  "kube_context": "my-cluster"
+}
+"""
+
+
+def test_the_incumbents_complete_example_verifies(tmp_path: Path, monkeypatch) -> None:
+    """mirrord documents this file as showing every option; a user pasting it gets a valid
+    config, the session key in the filter, and one line naming what tether ignores."""
+    monkeypatch.setenv("TETHER_KEY", "bear-session")
+    path = tmp_path / "complete.json"
+    path.write_text(MIRRORD_COMPLETE)
+    loaded = load_config(str(path))
+    cfg = loaded.config
+    assert cfg.agent.image_pull_secrets == ("secret",)
+    assert cfg.feature.network.outgoing.unix_streams == ("bear.+",)
+    assert cfg.feature.network.incoming.http_filter == HttpFilter(
+        "header", "^baggage: .*mirrord-session=bear-session.*$")
+    assert loaded.report() == [
+        "accepted, not used by tether: operator, sip_binaries, telemetry, feature.copy_target, "
+        "agent.flush_connections, agent.metrics, agent.log_level, agent.communication_timeout, "
+        "agent.annotations"]
+
+
+def test_templated_target_reads_the_environment_with_its_default(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """mirrord's "Basic config.json with templating": the target comes from $TARGET, with
+    a default; double quotes inside the template are fine (it is rendered before parsing)."""
+    path = tmp_path / "t.json"
+    path.write_text('{"target": "{{ get_env(name="TARGET", default="pod/fallback") }}",\n'
+                    ' "feature": {"env": true, "fs": "read", "network": true}}')
+    monkeypatch.delenv("TARGET", raising=False)
+    assert load_config(str(path)).config.target.path == "pod/fallback"
+    monkeypatch.setenv("TARGET", "deployment/silly-demo")
+    assert load_config(str(path)).config.target.path == "deployment/silly-demo"
+
+
+def test_session_key_comes_from_the_file_and_git_branch_has_a_default(tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    """mirrord reads `key` before rendering the rest; `git_branch` outside a checkout needs
+    `| default(value=...)`, and without it the file fails naming the template."""
+    monkeypatch.delenv("TETHER_KEY", raising=False)
+    monkeypatch.delenv("MIRRORD_KEY", raising=False)
+    monkeypatch.delenv("MIRRORD_BRANCH_NAME", raising=False)
+    monkeypatch.chdir(tmp_path)  # not a git checkout
+    path = tmp_path / "k.yaml"
+    path.write_text("key: \"{{ git_branch | default(value='shared') }}\"\n"
+                    "feature:\n  network:\n    incoming:\n      mode: steal\n"
+                    "      http_filter:\n        header_filter: 'session={{ key }}'\n")
+    cfg = load_config(str(path)).config
+    assert cfg.feature.network.incoming.http_filter == HttpFilter("header", "session=shared")
+    path.write_text('{"target": "pod/{{ git_branch }}"}')
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert info.value.problems == [
+        f"{path}: line 1: {{{{ git_branch }}}}: git_branch is not known here (not a git "
+        'checkout on a branch?); add | default(value="...")']
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ('{"target": "{% if true %}pod/a{% endif %}"}', "template tags are not supported by tether"),
+    ('{"target": "{{ now() }}"}', "not supported by tether; templates may use get_env"),
+    ('{"target": "{{ get_env(name="NOPE_UNSET_X") }}"}',
+     "the environment variable NOPE_UNSET_X is not set and no default is given"),
+])
+def test_templates_tether_cannot_render_fail_with_one_line(tmp_path: Path, text: str,
+                                                            says: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    (problem,) = info.value.problems
+    assert problem.startswith(f"{path}: line 1: ") and says in problem
+
+
+def network(value: Any) -> dict[str, Any]:
+    return {"feature": {"network": value}}
+
+
+def test_ipv6_false_keeps_outgoing_ipv6_local_through_the_filter() -> None:
+    """mirrord leaves IPv6 alone unless `feature.network.ipv6` is on; tether handles it
+    unless the key is false, which becomes a `local` ::/0 filter entry."""
+    out = parse_config(network({"ipv6": False})).config.feature.network.outgoing
+    assert out.filter is not None and out.filter.kind == "local"
+    assert [e.raw for e in out.filter.entries] == ["::/0"]
+    out = parse_config(network({"ipv6": False, "outgoing": {"filter": {
+        "local": ["10.0.0.0/8"]}}})).config.feature.network.outgoing
+    assert [e.raw for e in out.filter.entries] == ["10.0.0.0/8", "::/0"]
+    out = parse_config(network({"ipv6": False, "outgoing": {"filter": {
+        "remote": ["10.0.0.0/8", "fd00::/8", "db"]}}})).config.feature.network.outgoing
+    assert [e.raw for e in out.filter.entries] == ["10.0.0.0/8", "db"]
+    assert parse_config(network({"ipv6": True})).config.feature.network.outgoing.filter is None
+    cfg = parse_config(network({"ipv6": False})).config
+    assert parse_config(dump_effective(cfg)).config == cfg
+
+
+@pytest.mark.parametrize(("value", "on"), [("remote", True), ("local", False)])
+def test_outgoing_as_remote_or_local_string(value: str, on: bool) -> None:
+    """mirrord's reference also writes `"outgoing": "remote"` / `"local"`."""
+    out = parse_config(network({"outgoing": value})).config.feature.network.outgoing
+    assert (out.tcp, out.udp) == (on, on)

@@ -8,8 +8,11 @@ import pytest
 from tether.config import EnvConfig
 from tether.environment import (
     DEFAULT_LOCAL_ONLY,
+    MAX_ARG_STRLEN,
     EnvFileError,
     compute_env,
+    exec_limit_problems,
+    exec_size_problems,
     parse_dotenv,
 )
 
@@ -215,3 +218,30 @@ def test_default_local_only_is_documented_as_patterns() -> None:
     assert "PATH" in DEFAULT_LOCAL_ONLY
     assert "TETHER_*" in DEFAULT_LOCAL_ONLY
     assert "LC_*" in DEFAULT_LOCAL_ONLY
+
+
+# ---- what exec accepts ----
+
+
+def test_one_variable_longer_than_exec_takes_is_named():
+    problems = exec_size_problems({"BIG": "x" * MAX_ARG_STRLEN, "SMALL": "y"})
+    assert problems == [f"variable BIG: {MAX_ARG_STRLEN + 5} bytes; exec accepts at most "
+                        f"{MAX_ARG_STRLEN} bytes per variable (E2BIG)"]
+
+
+def test_many_variables_together_too_large_for_exec():
+    env = {f"V{i}": "x" * 100_000 for i in range(30)}
+    (problem,) = exec_size_problems(env)
+    assert "bytes of environment and arguments; exec accepts at most" in problem
+
+
+def test_an_environment_that_fits_has_no_problem():
+    assert exec_size_problems({"A": "1"}, ["prog", "arg"]) == []
+
+
+def test_config_problems_are_named_by_json_path(tmp_path):
+    (tmp_path / "big.env").write_text("FROM_FILE=" + "z" * MAX_ARG_STRLEN + "\n")
+    cfg = EnvConfig(override={"BIG": "x" * MAX_ARG_STRLEN}, env_file="big.env")
+    problems = exec_limit_problems({}, cfg, str(tmp_path))
+    assert problems[0].startswith("feature.env.env_file (big.env): FROM_FILE: ")
+    assert problems[1].startswith("feature.env.override.BIG: ")

@@ -6,8 +6,8 @@ tether reads the incumbent's (mirrord's) JSON schema as it is, so a team's
 
 * acted on: parsed into the dataclasses below and used by tether;
 * accepted: part of mirrord's schema but not used by tether; it is type-checked
-  lightly and reported in `LoadedConfig.warnings` (`<path>: accepted but not
-  used by tether`);
+  lightly and listed in `LoadedConfig.unused`, which `report()` turns into one
+  line (`accepted, not used by tether: <path>, <path>`);
 * rejected: anything else (typos included), reported in `ConfigError` with a
   did-you-mean hint.
 
@@ -241,7 +241,9 @@ class NetworkConfig:
     incoming: IncomingConfig = field(default_factory=IncomingConfig)
     outgoing: OutgoingConfig = field(default_factory=OutgoingConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
-    ipv6: bool = False
+    # None: tether handles IPv6 like IPv4 (mirrord needs ipv6: true for that); False:
+    # IPv6 connections stay on this machine, as in mirrord by default (see _no_ipv6).
+    ipv6: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -270,6 +272,15 @@ class LoadedConfig:
     config: Config
     warnings: list[str]
     source: str | None = None  # the file read, None for defaults / parse_config
+    unused: list[str] = field(default_factory=list)  # JSON paths accepted but not acted on
+
+    def report(self) -> list[str]:
+        """What to tell the user at start and in verify-config: every warning, and one
+        line naming every key tether accepted but does not act on."""
+        lines = list(self.warnings)
+        if self.unused:
+            lines.append("accepted, not used by tether: " + ", ".join(self.unused))
+        return lines
 
 
 # --------------------------------------------------------------------------
@@ -387,6 +398,7 @@ class _Ctx:
     def __init__(self) -> None:
         self.problems: list[str] = []
         self.warnings: list[str] = []
+        self.unused: list[str] = []
 
     def error(self, path: str, message: str) -> None:
         self.problems.append(f"{path or '<top level>'}: {message}")
@@ -582,7 +594,7 @@ def _fields(
         elif key in accepted:
             if item is not None:
                 accepted[key](ctx, item, key_path)
-                ctx.warn(key_path, "accepted but not used by tether")
+                ctx.unused.append(key_path)
         elif key == "$schema" and not path:
             continue  # editors' schema hint
         else:
@@ -1064,6 +1076,9 @@ def _traffic_filter(
 def _outgoing(ctx: _Ctx, value: Any, path: str) -> OutgoingConfig:
     if isinstance(value, bool):
         return OutgoingConfig(tcp=value, udp=value)
+    if isinstance(value, str):  # mirrord's newer short form
+        side = _enum(ctx, value, path, ("remote", "local"))
+        return OutgoingConfig(tcp=side != "local", udp=side != "local")
     acted = ("tcp", "udp", "ignore_localhost", "unix_streams", "filter")
     fields = _fields(ctx, value, path, acted) or {}
     kw: dict[str, Any] = {}
@@ -1123,7 +1138,28 @@ def _network(ctx: _Ctx, value: Any, path: str) -> NetworkConfig:
         and (got := _bool(ctx, fields["ipv6"], _join(path, "ipv6"))) is not None
     ):
         kw["ipv6"] = got
+        if got is False:
+            kw["outgoing"] = _no_ipv6(kw.get("outgoing", OutgoingConfig()))
     return NetworkConfig(**kw)
+
+
+_ANY_V6 = AddressFilter(raw="::/0", network=ipaddress.ip_network("::/0"))
+
+
+def _no_ipv6(out: OutgoingConfig) -> OutgoingConfig:
+    """`ipv6: false`: outgoing IPv6 stays local, written as an outgoing filter so the
+    layer's one decision table applies it (a `local` filter gains ::/0; a `remote` one
+    loses its IPv6 entries; no filter becomes `local: ::/0`)."""
+    flt = out.filter
+    if flt is None:
+        flt = TrafficFilter("local", (_ANY_V6,))
+    elif flt.kind == "local":
+        if _ANY_V6 not in flt.entries:
+            flt = TrafficFilter("local", (*flt.entries, _ANY_V6))
+    else:
+        flt = TrafficFilter("remote", tuple(e for e in flt.entries
+                                            if e.network is None or e.network.version == 4))
+    return dataclasses.replace(out, filter=flt)
 
 
 _FEATURE_ACCEPTED: dict[str, _Check] = {
@@ -1186,27 +1222,27 @@ _TOP_ACTED = (
 )
 
 
-def _warn_templates(ctx: _Ctx, value: Any, path: str) -> None:
-    """mirrord expands Tera templates ({{ ... }}); tether uses text as written."""
-    if isinstance(value, str):
-        if ("{{" in value and "}}" in value) or "{%" in value:
-            ctx.warn(
-                path,
-                "templates ({{ ... }}) are not expanded by tether; the text is used as written",
-            )
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            _warn_templates(ctx, item, _join(path, str(key)))
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            _warn_templates(ctx, item, f"{path}[{i}]")
+# Keys of the model that no part of tether reads yet: parsed and type-checked like the
+# others, and reported as accepted-but-unused instead of staying silently valid.
+_NOT_ACTED_ON = (
+    "agent.log_level",  # the agent logs at TETHER_LOG's level
+    "agent.communication_timeout",
+    "agent.annotations",
+)
+
+
+def _present(data: Any, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not isinstance(data, Mapping) or data.get(part) is None:
+            return False
+        data = data[part]
+    return True
 
 
 def parse_config(data: Mapping[str, Any]) -> LoadedConfig:
     """Validate already-decoded config data; raise ConfigError with every problem."""
     ctx = _Ctx()
     fields = _fields(ctx, data, "", _TOP_ACTED, _TOP_ACCEPTED) or {}
-    _warn_templates(ctx, data, "")
     kw: dict[str, Any] = {}
     if "target" in fields:
         kw["target"] = _target(ctx, fields["target"], "target")
@@ -1223,13 +1259,36 @@ def parse_config(data: Mapping[str, Any]) -> LoadedConfig:
     for key in ("kubeconfig", "kube_context"):
         if key in fields and (text := _str(ctx, fields[key], key)) is not None:
             kw[key] = text
+    ctx.unused += [p for p in _NOT_ACTED_ON if _present(data, p)]
     if ctx.problems:
         raise ConfigError(ctx.problems)
-    return LoadedConfig(config=Config(**kw), warnings=ctx.warnings)
+    return LoadedConfig(config=Config(**kw), warnings=ctx.warnings, unused=ctx.unused)
 
 
 # --------------------------------------------------------------------------
 # Reading files and merging command-line overrides
+
+
+def _drop_trailing_commas(text: str) -> str:
+    """``{"a": 1,}`` -> ``{"a": 1}``; commas inside strings are kept."""
+    out: list[str] = []
+    in_string = escaped = False
+    for i, c in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c == ",":
+            rest = text[i + 1:].lstrip()
+            if rest[:1] in ("}", "]"):
+                continue
+        out.append(c)
+    return "".join(out)
 
 
 def _decode(path: str, text: str) -> Any:
@@ -1258,6 +1317,10 @@ def _decode(path: str, text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
+        try:  # mirrord's own documented examples end objects with a trailing comma
+            return json.loads(_drop_trailing_commas(text))
+        except json.JSONDecodeError:
+            pass
         raise ConfigError(
             [
                 f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
@@ -1274,11 +1337,22 @@ _SHORT_FORMS: dict[tuple[str, ...], str] = {
 }
 
 
+# Sections written as a boolean, as the object they stand for (for the same reason).
+_BOOL_FORMS: dict[tuple[str, ...], Callable[[bool], dict[str, Any]]] = {
+    ("feature", "network", "outgoing"): lambda b: {"tcp": b, "udp": b},
+    ("feature", "network", "dns"): lambda b: {"enabled": b},
+    ("feature", "network", "incoming"): lambda b: {"mode": "mirror" if b else "off"},
+    ("feature", "fs"): lambda b: {"mode": "read" if b else "local"},
+}
+
+
 def _merge(base: Any, override: Any, where: tuple[str, ...] = ()) -> Any:
     if not isinstance(override, Mapping):
         return override
     if isinstance(base, str) and where in _SHORT_FORMS:
         base = {_SHORT_FORMS[where]: base}
+    if isinstance(base, bool) and where in _BOOL_FORMS:
+        base = _BOOL_FORMS[where](base)
     if not isinstance(base, Mapping):
         base = {}
     merged = dict(base)
@@ -1311,6 +1385,13 @@ def load_config(
             raise ConfigError(
                 [f"{path}: cannot read the config file: {reason}"], source=path
             ) from None
+        from .config_template import TemplateError, has_template, render
+
+        if has_template(text):
+            try:
+                text = render(text)
+            except TemplateError as exc:
+                raise ConfigError([f"{path}: {exc}"], source=path) from None
         data = _decode(path, text)
         if data is None:
             data = {}

@@ -233,3 +233,69 @@ def compute_env(
         drop = {name.upper() for name in cfg.unset}
         env = {k: v for k, v in env.items() if k.upper() not in drop}
     return env
+
+
+# --------------------------------------------------------------------------
+# what exec accepts
+
+# Linux refuses one "NAME=value" string longer than MAX_ARG_STRLEN (32 pages, NUL
+# included) and argument + environment strings (with their pointers) beyond ARG_MAX
+# (a quarter of the stack limit): execve fails with E2BIG.
+MAX_ARG_STRLEN = 32 * 4096
+
+
+def _arg_max() -> int:
+    try:
+        return max(int(os.sysconf("SC_ARG_MAX")), MAX_ARG_STRLEN)
+    except (ValueError, OSError):
+        return 2 * 1024 * 1024
+
+
+def exec_size_problems(env: Mapping[str, str], argv: Iterable[str] = (),
+                       where: Mapping[str, str] | None = None) -> list[str]:
+    """Why exec would fail with E2BIG for this environment and argv ([] when it fits).
+    ``where`` names the origin of a variable (e.g. its config key) in the message."""
+    problems = []
+    total = 0
+    count = 0
+    for name, value in env.items():
+        size = len(name.encode(errors="surrogateescape")) + 1 + len(
+            value.encode(errors="surrogateescape")) + 1
+        total += size
+        count += 1
+        if size > MAX_ARG_STRLEN:
+            origin = (where or {}).get(name, f"variable {name}")
+            problems.append(f"{origin}: {size} bytes; exec accepts at most {MAX_ARG_STRLEN} "
+                            "bytes per variable (E2BIG)")
+    for arg in argv:
+        total += len(arg.encode(errors="surrogateescape")) + 1
+        count += 1
+    total += 8 * (count + 2)
+    limit = _arg_max()
+    if total > limit:
+        problems.append(f"{total} bytes of environment and arguments; exec accepts at most "
+                        f"{limit} (E2BIG)")
+    return problems
+
+
+def exec_limit_problems(local: Mapping[str, str], cfg: EnvConfig, cwd: str) -> list[str]:
+    """What of the config's own environment (override, env_file) cannot fit exec, with the
+    current local environment; named by JSON path.  The target's variables are only known
+    once the session starts (then ``exec_size_problems`` is what tether exec reports)."""
+    env = dict(local)
+    where: dict[str, str] = {}
+    if cfg.env_file:
+        try:
+            from_file = _read_env_file(cfg.env_file, cwd, env)
+        except EnvFileError:
+            from_file = {}  # reported when the session starts, with its line number
+        env.update(from_file)
+        where.update((name, f"feature.env.env_file ({cfg.env_file}): {name}")
+                     for name in from_file)
+    env.update(cfg.override)
+    where.update((name, f"feature.env.override.{name}") for name in cfg.override)
+    if not where:
+        return []  # nothing of the config's: the local environment fits, it runs here
+    return [p if p.startswith("feature.env") else
+            f"feature.env (override/env_file with this shell's environment): {p}"
+            for p in exec_size_problems(env, (), where)]

@@ -118,6 +118,8 @@ class Link:
         sock: socket.socket,
         handlers: Mapping[str, Handler] | None = None,
         name: str = "link",
+        limits: protocol.Limits | None = None,
+        resumable: bool = False,
     ) -> None:
         sock.setblocking(False)
         self.sock = sock
@@ -126,7 +128,18 @@ class Link:
         self.name = name
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Message]] = {}
-        self._decoder = protocol.FrameDecoder()
+        self._limits = limits
+        self._decoder = protocol.FrameDecoder(limits=limits)
+        # A resumable link survives the loss of its connection: it is *interrupted* (calls
+        # in flight fail, sends raise LinkClosed, ``on_interrupt`` hooks run) until
+        # ``resume`` gives it a new connection; only ``close`` ends it.
+        self.resumable = resumable
+        self.interrupted: asyncio.Event = asyncio.Event()
+        self.live: asyncio.Event = asyncio.Event()  # has a connection (not interrupted)
+        self.live.set()
+        self.interrupt_reason = ""
+        self.on_interrupt: list[Callable[[str], None]] = []
+        self._serving = False
         self._fd_queue: collections.deque[int] = collections.deque()
         self._out: collections.deque[tuple[memoryview, list[int]]] = collections.deque()
         self._writer_armed = False
@@ -147,6 +160,8 @@ class Link:
         """Queue one message; ``fds`` are duplicated into the message (caller keeps its own)."""
         if self.closed.is_set():
             raise LinkClosed(self.close_reason or "link closed")
+        if self.interrupted.is_set():
+            raise LinkClosed(f"link interrupted ({self.interrupt_reason})")
         if fds and not self.can_pass_fds:
             raise LinkClosed("this link cannot carry file descriptors")
         if fds:
@@ -170,7 +185,7 @@ class Link:
                 self._arm_writer()
                 return
             except OSError as exc:
-                self._close(f"connection lost: {exc}")
+                self._lost(f"connection lost: {exc}")
                 return
             if n == len(data):
                 self._out.popleft()
@@ -183,12 +198,12 @@ class Link:
             self._drained.set()
 
     def _arm_writer(self) -> None:
-        if not self._writer_armed and not self.closed.is_set():
+        if not self._writer_armed and not self.closed.is_set() and not self.interrupted.is_set():
             self._loop.add_writer(self.sock.fileno(), self._flush)
             self._writer_armed = True
 
     async def drain(self) -> None:
-        while self._out and not self.closed.is_set():
+        while self._out and not self.closed.is_set() and not self.interrupted.is_set():
             self._drained = asyncio.Event()
             await self._drained.wait()
 
@@ -219,15 +234,17 @@ class Link:
         waits (a forward to the agent) continues in a task of its own."""
         if self.closed.is_set():
             return
-        self._reader_fd = self.sock.fileno()
-        self._loop.add_reader(self._reader_fd, self._on_readable)
+        self._serving = True
+        if not self.interrupted.is_set():
+            self._reader_fd = self.sock.fileno()
+            self._loop.add_reader(self._reader_fd, self._on_readable)
         try:
             await self.closed.wait()
         finally:
             self._close(self.close_reason or "closed")
 
     def _on_readable(self) -> None:
-        if not self.closed.is_set():
+        if not self.closed.is_set() and not self.interrupted.is_set():
             self._read_some()
 
     def _read_some(self) -> bool:
@@ -238,7 +255,7 @@ class Link:
             except (BlockingIOError, InterruptedError):
                 return True
             except OSError as exc:
-                self._close(f"connection lost: {exc}")
+                self._lost(f"connection lost: {exc}")
                 return False
             for level, kind, payload in anc:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -246,7 +263,7 @@ class Link:
                     fds.frombytes(payload[: len(payload) - len(payload) % 4])
                     self._fd_queue.extend(fds)
             if not size:
-                self._close("peer closed the connection")
+                self._lost("peer closed the connection")
                 return False
             data = view[:size]  # decoded in place; the decoder copies only a partial tail
             # A reply resolved in this batch wakes its caller with call_soon; handlers of
@@ -258,11 +275,11 @@ class Link:
                 for msg in self._decoder.feed(data):
                     self._attach_fds(msg)
                     self._dispatch(msg)
-                    if self.closed.is_set():  # a handler closed the link
-                        return False
+                    if self.closed.is_set() or self.interrupted.is_set():
+                        return False  # a handler closed the link
             except ProtocolError as exc:
                 log.warning("%s: closing after a malformed message: %s", self.name, exc)
-                self._close(f"protocol error: {exc}")
+                self._lost(f"protocol error: {exc}")
                 return False
             if size < _STREAMING and not anc:
                 # Level-triggered: anything that arrived meanwhile makes the socket readable
@@ -280,6 +297,9 @@ class Link:
         msg["_fds"] = [self._fd_queue.popleft() for _ in range(count)]
 
     def _dispatch(self, msg: Message) -> None:
+        if msg["t"] == "link_close":
+            self._close("the peer ended the link")
+            return
         if is_reply(msg) and msg.get("id") in self._pending:
             fut = self._pending.pop(msg["id"])
             if not fut.done():
@@ -365,11 +385,47 @@ class Link:
         except (LinkClosed, ConnectionError):
             pass
 
-    def _close(self, reason: str) -> None:
-        if self.closed.is_set():
+    def _lost(self, reason: str) -> None:
+        """The connection failed (EOF, error, garbage): interrupt a resumable link, else close."""
+        if self.resumable and not self.closed.is_set():
+            self._interrupt(reason)
+        else:
+            self._close(reason)
+
+    def _interrupt(self, reason: str) -> None:
+        if self.interrupted.is_set():
             return
-        self.close_reason = reason
-        self.closed.set()
+        self.interrupt_reason = reason
+        self.interrupted.set()
+        self.live.clear()
+        self._drop_connection(reason)
+        # Frames half sent on the old connection mean nothing on a new one.
+        self._out.clear()
+        self._decoder = protocol.FrameDecoder(limits=self._limits)
+        for hook in list(self.on_interrupt):
+            try:
+                hook(reason)
+            except Exception:
+                log.exception("%s: interrupt hook failed", self.name)
+
+    def resume(self, sock: socket.socket) -> None:
+        """Carry on over ``sock`` (a new, authenticated connection to the same peer); the
+        current connection, if any, is dropped first."""
+        if self.closed.is_set():
+            sock.close()
+            raise LinkClosed(self.close_reason or "link closed")
+        if not self.interrupted.is_set():
+            self._interrupt("replaced by a new connection")
+        sock.setblocking(False)
+        self.sock = sock
+        self.interrupted.clear()
+        self.interrupt_reason = ""
+        self.live.set()
+        if self._serving:
+            self._reader_fd = sock.fileno()
+            self._loop.add_reader(self._reader_fd, self._on_readable)
+
+    def _drop_connection(self, reason: str) -> None:
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(LinkClosed(reason))
@@ -395,7 +451,23 @@ class Link:
         except OSError:
             pass
 
+    def _close(self, reason: str) -> None:
+        if self.closed.is_set():
+            return
+        self.close_reason = reason
+        self.closed.set()
+        if not self.interrupted.is_set():
+            self._drop_connection(reason)
+
     def close(self, reason: str = "closed by us") -> None:
+        """End the link.  A resumable link first tells its peer (``link_close``), which
+        otherwise would wait for it to come back."""
+        if self.resumable and not self.closed.is_set() and not self.interrupted.is_set():
+            try:
+                self._out.append((memoryview(protocol.encode({"t": "link_close"})), []))
+                self._flush()
+            except (OSError, ProtocolError):
+                pass
         self._close(reason)
 
 

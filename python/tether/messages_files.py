@@ -16,6 +16,15 @@ from . import protocol
 
 STAT_FIELDS = ("dev", "ino", "mode", "nlink", "uid", "gid", "rdev", "size", "blksize",
                "blocks", "atime_s", "atime_ns", "mtime_s", "mtime_ns", "ctime_s", "ctime_ns")
+# A statfs is a list of 12 integers in this order (``struct statfs``; the layer also fills a
+# ``struct statvfs`` from it).
+STATFS_FIELDS = ("type", "bsize", "blocks", "bfree", "bavail", "files", "ffree", "fsid0",
+                 "fsid1", "namelen", "frsize", "flags")
+# What fs_change does: op -> what ``path``/``to``/``arg`` mean.
+CHANGE_OPS = ("mkdir",   # path, arg = mode
+              "rmdir",   # path
+              "unlink",  # path
+              "rename")  # path -> to, arg = renameat2 flags
 
 _INT, _STR, _BOOL, _LIST, _BYTES = int, str, bool, list, bytes
 
@@ -29,6 +38,11 @@ protocol.register("fs_readlink", {"id": (_INT, True), "path": (_STR, True)})
 protocol.register("fs_readlink_reply", {"id": (_INT, True), "target": (_STR, True)})
 protocol.register("fs_realpath", {"id": (_INT, True), "path": (_STR, True)})
 protocol.register("fs_realpath_reply", {"id": (_INT, True), "path": (_STR, True)})
+protocol.register("fs_change", {"id": (_INT, True), "op": (_STR, True), "path": (_STR, True),
+                                "to": (_STR, True), "arg": (_INT, True)})
+protocol.register("fs_change_reply", {"id": (_INT, True)})
+protocol.register("fs_statfs", {"id": (_INT, True), "path": (_STR, True)})
+protocol.register("fs_statfs_reply", {"id": (_INT, True), "sf": (_LIST, True)})
 # relay (links without descriptor passing): orchestrator -> agent only
 protocol.register("fs_read", {"id": (_INT, True), "path": (_STR, True),
                               "offset": (_INT, True), "size": (_INT, True)})

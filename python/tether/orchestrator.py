@@ -9,9 +9,10 @@ own session.  The orchestrator
 3. listens on a private Unix socket for layer sessions (one per process of the program's
    tree, children after fork and exec included),
 4. reports ``session_ready`` with that environment to the parent, which then execs,
-5. serves until the program exits, the target disappears or the agent is lost; then it
-   stops the agent and removes its socket.  If the target or the agent goes away first it
-   tells the user and ends the program, so a session never silently stops working.
+5. serves while any process of the program's tree is alive (``tether.lifetime``: the
+   liveness pipe), until the target disappears or the agent is lost; then it stops the
+   agent and removes its socket.  If the target or the agent goes away first it tells the
+   user and ends the program, so a session never silently stops working.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import messages_session, protocol, seccomp  # noqa: F401  (register their messages)
+from . import lifetime, messages_session, protocol, seccomp  # noqa: F401  (their messages)
 from .config import Config
 from .environment import compute_env
 from .features import feature_classes
 from .link import Handler, Link, LinkClosed, RemoteError, serve_unix
 from .protocol import Message
+from .reconnect import keep_connected
 from .targets import Target, TargetError
 
 log = logging.getLogger("tether")
@@ -77,6 +79,16 @@ class Orchestrator:
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     features: list[Any] = field(default_factory=list)
     supervisors: list[Any] = field(default_factory=list)
+    # Removes the session's files and stops the program if this process dies.
+    watchdog: lifetime.Watchdog | None = None
+    command_name: str = "the program"
+    _program_pid: int = 0
+    _liveness_inode: int = 0
+    _finishing: asyncio.Task[None] | None = None
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # The command exited and daemons it started keep the session: we no longer hold the
+    # terminal's pipes, and speak to the program through its processes' stderr.
+    background: bool = False
 
     @property
     def socket_path(self) -> str:
@@ -85,14 +97,61 @@ class Orchestrator:
 
     # ---- start ----
     async def start(self) -> dict[str, str]:
-        """Start the agent and the layer server; return the program's environment."""
+        """Start the agent and the layer server; return the program's environment.
+
+        When the target gives its environment itself (a local process) and nothing in the
+        layer's configuration needs an answer of the agent, the environment is returned
+        before the agent has answered: the program starts while the agent finishes its
+        start-up, and layer sessions wait for it (``_on_layer``).  A failure after that
+        point ends the session like a lost agent does (``serve``)."""
         self.target.check()
         secret = self.agent_secret or secrets.token_hex(16)
         conn = await self.target.start_agent(secret, agent_log_level())
-        self.agent = Link(conn.sock, name="agent-link")
+        self.agent = Link(conn.sock, name="agent-link", resumable=conn.reconnect is not None)
         self._tasks.append(asyncio.create_task(self.agent.serve()))
         timeout = float(self.config.agent.startup_timeout)
         classes = feature_classes()  # imports: the agent starts up meanwhile
+        auth = asyncio.create_task(self._authenticate(secret, timeout, conn.reconnect))
+        self._tasks.append(auth)
+        environ = getattr(self.target, "environ", None)
+        early = environ is not None and not self._layer_config_needs_agent()
+        if not early:
+            await auth
+        self.features = [cls(self) for cls in classes]
+        for feature in self.features:
+            self.layer_handlers.update(getattr(feature, "layer_handlers", dict)())
+
+        remote_env: dict[str, str] = {}
+        if self.config.feature.env.enabled:
+            if early:
+                assert environ is not None
+                remote_env = environ()
+            else:
+                reply = await self._agent_call({"t": "agent_env"}, timeout)
+                remote_env = dict(reply["env"])
+        self.child_env = compute_env(self.local_env, remote_env, self.config.feature.env,
+                                     cwd=self.cwd)
+        log.debug("environment: %d variables from the target", len(remote_env))
+
+        self._sock_dir = tempfile.mkdtemp(prefix="tether-")
+        os.chmod(self._sock_dir, 0o700)
+        if self.watchdog is not None:
+            self.watchdog.remove_on_death(self._sock_dir)
+        # Every other file of the session (the files feature's shadow copies) goes inside
+        # this directory, so that one removal, ours or the watchdog's, leaves nothing.
+        tempfile.tempdir = self._sock_dir
+        self._server = await serve_unix(self.socket_path, self._on_layer)
+        os.chmod(self.socket_path, 0o600)
+
+        self._finishing = asyncio.create_task(self._finish(auth))
+        self._tasks.append(self._finishing)
+        if not early:
+            await self._finishing
+        env = dict(self.child_env)
+        env.update(self.layer_variables())
+        return env
+
+    async def _authenticate(self, secret: str, timeout: float, reconnect: Any = None) -> None:
         try:
             hello = await self._agent_call(
                 {"t": "auth", "v": protocol.VERSION, "secret": secret}, timeout
@@ -102,30 +161,30 @@ class Orchestrator:
             raise TargetError(
                 f"the agent did not start in {self.target.describe()}: {reason}") from None
         log.info("agent ready in %s (%s)", self.target.describe(), hello["agent"])
-        self.features = [cls(self) for cls in classes]
-        for feature in self.features:
-            self.layer_handlers.update(getattr(feature, "layer_handlers", dict)())
+        if reconnect is not None:  # a dropped port-forward is re-established
+            assert self.agent is not None
+            self._tasks.append(asyncio.create_task(keep_connected(
+                self.agent, reconnect, secret, self.target.describe())))
 
-        remote_env: dict[str, str] = {}
-        if self.config.feature.env.enabled:
-            reply = await self._agent_call({"t": "agent_env"}, timeout)
-            remote_env = dict(reply["env"])
-        self.child_env = compute_env(self.local_env, remote_env, self.config.feature.env,
-                                     cwd=self.cwd)
-        log.debug("environment: %d variables from the target", len(remote_env))
-
-        self._sock_dir = tempfile.mkdtemp(prefix="tether-")
-        os.chmod(self._sock_dir, 0o700)
-        self._server = await serve_unix(self.socket_path, self._on_layer)
-        os.chmod(self.socket_path, 0o600)
-
+    async def _finish(self, auth: asyncio.Task[None]) -> None:
+        """The rest of the start-up: the agent's answer, then the features' start."""
+        await auth
         for feature in self.features:
             start = getattr(feature, "start", None)
             if start is not None:
                 await start()
-        env = dict(self.child_env)
-        env.update(self.layer_variables())
-        return env
+        self._ready.set()
+
+    async def ready(self) -> None:
+        """Until the session is fully started; raises what made its start-up fail."""
+        assert self._finishing is not None
+        await asyncio.shield(self._finishing)
+
+    def _layer_config_needs_agent(self) -> bool:
+        """Host names in the outgoing filter become the addresses the agent resolves them
+        to (features/outgoing.py): the layer's table waits for the agent then."""
+        flt = self.config.feature.network.outgoing.filter
+        return flt is not None and any(getattr(e, "host", None) for e in flt.entries)
 
     async def _agent_failure_reason(self, exc: BaseException) -> str:
         failure = getattr(self.target, "agent_failure", None)
@@ -183,6 +242,7 @@ class Orchestrator:
 
     # ---- layer sessions ----
     async def _on_layer(self, sock: socket.socket) -> None:
+        await self._ready.wait()  # the program may start before the agent has answered
         link = Link(sock, {"hello": self._hello}, name="layer")
         await link.serve()
         session: LayerSession | None = link.state.get("session")
@@ -209,10 +269,22 @@ class Orchestrator:
         return {"t": "env_reply", "env": self.child_env}
 
     # ---- run ----
-    async def serve(self, program_pid: int) -> str:
-        """Serve until the program exits or the session breaks; return why it ended."""
+    def program_started(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.program_started()
+
+    async def serve(self, program_pid: int, liveness: int = -1) -> str:
+        """Serve while the program's tree lives or until the session breaks; return why it
+        ended ("" when the program's last process exited)."""
+        self._program_pid = program_pid
         waits: dict[asyncio.Task[Any], Callable[[Any], str]] = {}
-        waits[asyncio.create_task(_wait_pid(program_pid))] = lambda _: ""
+        program = asyncio.create_task(_wait_pid(program_pid))
+        waits[program] = lambda _: ""
+        tree: asyncio.Task[Any] | None = None
+        if liveness >= 0:
+            self._liveness_inode = lifetime.pipe_inode(liveness)
+            tree = asyncio.create_task(_wait_readable(liveness))
+            waits[tree] = lambda _: ""
         waits[asyncio.create_task(self.target.wait_gone())] = lambda r: str(r)
         assert self.agent is not None
         waits[asyncio.create_task(self.agent.closed.wait())] = (
@@ -222,11 +294,63 @@ class Orchestrator:
             watch = getattr(feature, "watch", None)
             if watch is not None:
                 waits[asyncio.create_task(watch())] = lambda r: str(r)
-        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        first = next(iter(done))
-        return waits[first](first.result())
+        finishing = asyncio.ensure_future(self.ready()) if self._finishing else None
+        if finishing is not None:
+            waits[finishing] = lambda _: ""
+        try:
+            while True:
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if finishing in done:
+                    del waits[finishing]
+                    exc = finishing.exception()
+                    if exc is not None:
+                        return str(exc) or type(exc).__name__
+                    if len(done) == 1:
+                        continue
+                    done.discard(finishing)
+                if tree is not None and program in done and tree not in done:
+                    # The command exited; the processes it started may keep the session.
+                    del waits[program]
+                    if lifetime.hung_up(liveness):
+                        return ""
+                    await self._announce_background(liveness)
+                    continue
+                first = next(iter(done))
+                return waits[first](first.result())
+        finally:
+            for task in waits:
+                task.cancel()
+
+    async def _announce_background(self, liveness: int) -> None:
+        # A daemon's intermediate process may exit while we look (the scan sees the pids
+        # that existed when it began): look again until we see a holder or none is left.
+        for _ in range(50):
+            procs = lifetime.holders(self._liveness_inode, exclude=(os.getpid(),))
+            if procs or lifetime.hung_up(liveness):
+                break
+            await asyncio.sleep(0.01)
+        if procs:
+            log.info("%s exited; %s of its processes keep the session open in the "
+                     "background, with the target's context, until the last of them exits: "
+                     "%s", self.command_name, len(procs), lifetime.describe(procs))
+        lifetime.detach_stdio()
+        self.background = True
+
+    def end_program(self, reason: str) -> None:
+        """The session broke while the program runs: say so, then stop the program's tree."""
+        procs = []
+        if self._liveness_inode:
+            procs = [pid for pid, _ in lifetime.holders(self._liveness_inode,
+                                                         exclude=(os.getpid(),))]
+        if self._program_pid and self._program_pid not in procs and os.path.exists(
+                f"/proc/{self._program_pid}"):
+            procs.insert(0, self._program_pid)
+        text = f"{reason}; stopping the program (its remote context is gone)"
+        if self.background:
+            lifetime.tell(procs, "tether: " + text)
+        else:
+            log.error("%s", text)
+        lifetime.signal_all(procs, signal.SIGTERM)
 
     async def stop(self) -> None:
         for supervisor in self.supervisors:
@@ -249,6 +373,17 @@ class Orchestrator:
             shutil.rmtree(self._sock_dir, ignore_errors=True)
 
 
+async def _wait_readable(fd: int) -> None:
+    """Until ``fd`` is readable: for the liveness pipe, EOF (nobody ever writes to it)."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
 async def _wait_pid(pid: int) -> None:
     """Wait for a process that is not our child (the program we forked from)."""
     try:
@@ -265,13 +400,4 @@ async def _wait_pid(pid: int) -> None:
         os.close(pidfd)
 
 
-def end_program(pid: int, reason: str) -> None:
-    """The session broke while the program runs: say so, then stop the program."""
-    log.error("%s; stopping the program (its remote context is gone)", reason)
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-
-
-__all__ = ["Orchestrator", "RemoteError", "end_program"]
+__all__ = ["Orchestrator", "RemoteError"]

@@ -16,7 +16,7 @@ import json
 import struct
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -68,6 +68,9 @@ SCHEMAS: dict[str, dict[str, tuple[Any, bool]]] = {
     "pong": {"id": (_INT, True)},
     # any direction: the request with this id failed.
     "error": {"id": (_INT, False), "code": (_STR, True), "message": (_STR, True)},
+    # either side of a resumable link (tether.link): an ordinary end, not a dropped
+    # connection that the other side should wait for.
+    "link_close": {},
     # agent -> orchestrator, unsolicited: something the user must hear about.
     "event": {"kind": (_STR, True), "message": (_STR, True)},
 }
@@ -147,20 +150,57 @@ def encode(msg: Mapping[str, Any]) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def unpack(body: bytes | memoryview) -> Message:
+class Limits(NamedTuple):
+    """What one frame from a peer may make us allocate.
+
+    msgpack builds one Python object per encoded object, so a frame of one-byte empty
+    arrays costs ~64 bytes of memory per byte received, and an announced array length is
+    allocated before its elements arrive.  A peer that is not trusted gets a small frame
+    and small containers: memory is then bounded by ``frame`` times that factor."""
+
+    frame: int
+    str_len: int
+    bin_len: int
+    array_len: int
+    map_len: int
+
+    def unpack_kwargs(self) -> dict[str, int]:
+        return {"max_str_len": self.str_len, "max_bin_len": self.bin_len,
+                "max_array_len": self.array_len, "max_map_len": self.map_len,
+                "max_ext_len": 0}
+
+
+# Before authentication: the one ``auth`` frame (a version, an id, a secret of a few dozen
+# bytes) fits with room to spare; worst case ~300 KiB of objects per connection.
+PREAUTH_LIMITS = Limits(frame=4096, str_len=1024, bin_len=0, array_len=16, map_len=16)
+# An authenticated orchestrator talking to its agent: the largest frames it sends are relayed
+# chunks (relay.CHUNK); worst case ~64 MiB of objects, under the agent's memory limit.
+AGENT_LIMITS = Limits(frame=1024 * 1024 + 4096, str_len=1024 * 1024, bin_len=1024 * 1024,
+                      array_len=65536, map_len=65536)
+
+
+def unpack(body: bytes | memoryview, limits: Limits | None = None) -> Message:
     try:
-        msg = msgpack.unpackb(body, raw=False, strict_map_key=True)
+        if limits is None:
+            msg = msgpack.unpackb(body, raw=False, strict_map_key=True)
+        else:
+            msg = msgpack.unpackb(body, raw=False, strict_map_key=True,
+                                  **limits.unpack_kwargs())
     except Exception as exc:  # msgpack raises several unrelated types
         raise ProtocolError(f"undecodable msgpack: {exc}") from None
     return validate(msg)
 
 
 class FrameDecoder:
-    """Feed bytes, iterate complete validated messages.  Raises ProtocolError on garbage."""
+    """Feed bytes, iterate complete validated messages.  Raises ProtocolError on garbage.
 
-    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+    With ``limits`` (an untrusted peer), a frame longer than ``limits.frame`` is refused as
+    soon as its length prefix arrives, and decoding is bounded by the container limits."""
+
+    def __init__(self, max_frame: int = MAX_FRAME, limits: Limits | None = None) -> None:
         self._buf = bytearray()
-        self._max = max_frame
+        self._max = min(max_frame, limits.frame) if limits is not None else max_frame
+        self._kwargs = limits.unpack_kwargs() if limits is not None else None
 
     def feed(self, data: bytes | memoryview) -> Iterator[Message]:
         """Complete frames are parsed where they lie (``data`` may be a view of a reused
@@ -189,7 +229,10 @@ class FrameDecoder:
                 end = pos + 4 + length
                 if end > size:
                     break
-                msg = unpack(view[pos + 4 : end])
+                if self._kwargs is None:
+                    msg = unpack(view[pos + 4 : end])
+                else:
+                    msg = _unpack_bounded(view[pos + 4 : end], self._kwargs)
                 pos = end
                 yield msg
         finally:
@@ -200,3 +243,11 @@ class FrameDecoder:
     @property
     def pending(self) -> int:
         return len(self._buf)
+
+
+def _unpack_bounded(body: memoryview, kwargs: dict[str, int]) -> Message:
+    try:
+        msg = msgpack.unpackb(body, raw=False, strict_map_key=True, **kwargs)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(f"undecodable msgpack: {exc}") from None
+    return validate(msg)

@@ -348,4 +348,9 @@ def table(link: Any) -> RelayTable:
 
     task = asyncio.get_running_loop().create_task(reset_when_closed())
     link.state["relays_watch"] = task  # keep a reference
+    # A resumable link whose connection dropped: the streams' bytes in flight are lost, so
+    # they are reset too (a resumed link carries new streams only).
+    on_interrupt = getattr(link, "on_interrupt", None)
+    if on_interrupt is not None:
+        on_interrupt.append(lambda _reason: tab.abort_all())
     return tab

@@ -1,11 +1,13 @@
 """Programs the layer cannot reach (static binaries, Go): seccomp user notification.
 
 ``tether exec`` installs, just before it execs such a program, a seccomp filter that sends
-``connect``, ``bind`` and ``listen`` of the program and of every process it starts to this
-supervisor (a thread plus tasks in the orchestrator).  The decisions are the layer's own,
-made by the same C functions (``tl_outgoing_decide``, ``tl_incoming_decide_with`` from the
-layer loaded with ``ffi.dlopen``), so a Go program and a C program under one session
-behave alike.  What the supervisor does (the bypass4netns pattern, see DESIGN.md):
+``connect``, ``bind``, ``listen`` and the path calls (``open``, ``openat``, the
+``stat`` family) of the program and of every process it starts to this supervisor (a
+thread plus tasks in the orchestrator).  The decisions are the layer's own, made by the
+same C functions (``tl_outgoing_decide``, ``tl_incoming_decide_with``, and
+``tl_fs_decide_with`` through ``features.files.decide``, from the layer loaded with
+``ffi.dlopen``), so a Go program and a C program under one session behave alike.  What
+the supervisor does (the bypass4netns pattern, see DESIGN.md):
 
 - connect to a remote address: the agent makes a socket of the same kind inside the
   target; it is installed over the program's descriptor number
@@ -17,6 +19,17 @@ behave alike.  What the supervisor does (the bypass4netns pattern, see DESIGN.md
 - listen on a port tether serves: the supervisor puts the very socket into the listening
   state itself, subscribes the port through the incoming feature, then answers 0, so no
   connection can arrive before the program listens;
+- open a remote path: the files feature opens it in the target (the agent's descriptor,
+  or a memfd copy on links that cannot carry descriptors); it is installed in the program
+  (``ADDFD``) and its number is the call's result.  ``stat`` of a remote path: the
+  target's stat is written into the program's buffer.  /etc/resolv.conf, /etc/hosts and
+  /etc/nsswitch.conf come from the target while DNS does, so Go's own resolver uses the
+  pod's nameserver, search list and hosts.  Path calls of build tools, debuggers and
+  programs the layer reaches (which decide themselves) continue in the receiving C loop;
+  those of the program are decided in the receiving thread, and only remote paths wait
+  for the agent;
+- UDP connect (DNS included) on links that cannot carry descriptors: a loopback UDP
+  socket of the outgoing feature's datagram relay replaces the program's;
 - everything else continues untouched.
 
 Every read of the program's memory is followed by ``NOTIF_ID_VALID``: a pid can be reused.
@@ -29,6 +42,7 @@ import errno
 import fcntl
 import logging
 import os
+import platform
 import socket
 import struct
 import threading
@@ -36,12 +50,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import protocol
+from .elfinfo import inspect as inspect_elf
+from .features.files import ENOENT, EROFS, LOCAL, decide, program_config
+from .link import LinkClosed, RemoteError
 
 log = logging.getLogger("tether.seccomp")
 
-TRAPPED = ("connect", "bind", "listen")
+PATH_CALLS = ("openat", "open", "newfstatat", "stat", "lstat", "statx")
 SIOCGSKNS = 0x894C
 O_CLOEXEC_FDINFO = 0o2000000
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_EMPTY_PATH = 0x1000
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
+_STAT_LAYOUT_KNOWN = platform.machine() == "x86_64"
 
 protocol.register("agent_nameservers", {"id": (int, True)})
 # tether-launch -> orchestrator: supervise this listener (one descriptor attached).
@@ -51,12 +74,11 @@ protocol.register("agent_nameservers_reply", {"id": (int, True), "servers": (lis
 
 
 def install_filter() -> int:
-    """In the process about to exec the program: trap TRAPPED, return the listener fd."""
+    """In the process about to exec the program: install the filter (layer/seccomp_filter.h),
+    return the listener fd."""
     from . import _native
 
-    nrs = [_native.lib.tether_sysno(name.encode()) for name in TRAPPED]
-    arr = _native.ffi.new("int[]", nrs)
-    fd = _native.lib.tether_seccomp_listener(arr, len(nrs))
+    fd = _native.lib.tether_seccomp_listener()
     if fd < 0:
         raise OSError(-fd, f"cannot install the seccomp filter: {os.strerror(-fd)}")
     return int(fd)
@@ -109,11 +131,23 @@ class Supervisor:
         self._layer = _load_layer_decisions()
         self._config = orch.layer_config().encode()
         self._target_netns = _target_netns_inode(orch)
-        self._warned_relay = False
         self._requested: dict[int, int] = {}  # socket inode -> port the program asked for
+        # Path calls: the program's, decided here; others' continue in the C loop.
+        self._files = _feature(orch, "files")
+        self._dns = bool(orch.config.feature.network.dns.enabled)
+        self._paths_on = self._files is not None and (
+            orch.config.feature.fs.mode != "local" or self._dns)
+        self._skip_names = self.ffi.new("char[]", _config_value(orch.layer_config(),
+                                                                "skip").encode())
+        self._skip_exe_list: list[str] = []
+        self._skip_exes = self.ffi.new("char[]", b"")
+        self._keep: list[Any] = []  # buffers the C loop may still read
+        self._program_configs: dict[str, str] = {}
 
     def start(self) -> None:
-        log.debug("seccomp supervisor started (trapping %s)", ", ".join(TRAPPED))
+        sync = self.lib.tether_notif_sync_wakeup(self.listener)
+        log.debug("seccomp supervisor started%s", "" if sync == 0 else
+                  f" (no synchronous wake-up: {os.strerror(-sync)})")
         self._thread.start()
 
     def stop(self) -> None:
@@ -131,19 +165,159 @@ class Supervisor:
     def _receive(self) -> None:
         notif = self.ffi.new("struct tether_notif *")
         while not self._stopping:
-            r = self.lib.tether_notif_recv(self.listener, notif)
+            r = self.lib.tether_notif_recv_program(self.listener, notif, self._skip_names,
+                                                   self._skip_exes)
             if r == -errno.ENOENT or r == -errno.EINTR:
                 continue  # the caller died before we read it, or a signal
             if r < 0:
                 return  # listener closed: session over
             args = tuple(int(notif.args[i]) for i in range(6))
-            item = (int(notif.id), int(notif.pid), int(notif.nr), args)
-            self.loop.call_soon_threadsafe(self._spawn, item)
+            nid, tid, nr = int(notif.id), int(notif.pid), int(notif.nr)
+            if _SYSCALL_NAMES.get(nr) in PATH_CALLS:
+                exe = os.fsdecode(self.ffi.string(notif.exe))
+                raw = self.ffi.string(notif.path)
+                try:
+                    call = self._path_call(nid, tid, nr, args, exe, raw)
+                except (ProcessLookupError, FileNotFoundError):
+                    continue  # the caller is gone
+                except Exception:
+                    log.exception("seccomp: deciding a path call of pid %d failed; it runs "
+                                  "locally", tid)
+                    self._continue(nid)
+                    continue
+                if call is not None:
+                    self.loop.call_soon_threadsafe(self._spawn_coro, self._remote_path(call))
+                continue
+            self.loop.call_soon_threadsafe(self._spawn, (nid, tid, nr, args))
 
     def _spawn(self, item: tuple[int, int, int, tuple[int, ...]]) -> None:
-        task = self.loop.create_task(self._handle(*item))
+        self._spawn_coro(self._handle(*item))
+
+    def _spawn_coro(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    # ---- path calls (receiving thread: decide; loop: ask the target) ----
+    def _skip_exe(self, exe: str) -> None:
+        """From now on the C loop continues this executable's path calls by itself."""
+        if "," in exe or exe in self._skip_exe_list:
+            return
+        self._skip_exe_list.append(exe)
+        self._keep.append(self._skip_exes)
+        self._skip_exes = self.ffi.new("char[]", ",".join(self._skip_exe_list).encode())
+
+    def _program_config(self, exe: str) -> str | None:
+        """The layer config for this executable's paths, or None if they are not ours to
+        decide (a program the layer reaches decides its paths itself)."""
+        config = self._program_configs.get(exe)
+        if config is None:
+            info = inspect_elf(exe)
+            if info is not None and not info.needs_seccomp:
+                self._skip_exe(exe)
+                return None
+            config = self._program_configs[exe] = program_config(self._config.decode(), exe)
+        return config
+
+    def _path_call(self, nid: int, tid: int, nr: int, args: tuple[int, ...], exe: str,
+                   raw: bytes) -> PathCall | None:
+        """Answer a path call that stays local (or fails) at once; return the remote ones."""
+        name = _SYSCALL_NAMES[nr]
+        config = self._program_config(exe) if self._paths_on and exe else None
+        if config is None:
+            self._continue(nid)
+            return None
+        if name not in ("openat", "open") and not _STAT_LAYOUT_KNOWN:
+            self._continue(nid)  # struct stat is x86-64's below; elsewhere stat stays local
+            return None
+        dirfd, flags, mode, buf, follow = AT_FDCWD, 0, 0, 0, True
+        if name == "openat":
+            dirfd, flags, mode = _int32(args[0]), args[2] & 0xFFFFFFFF, args[3]
+        elif name == "open":
+            flags, mode = args[1] & 0xFFFFFFFF, args[2]
+        elif name == "newfstatat":
+            dirfd, buf = _int32(args[0]), args[2]
+            follow = not args[3] & AT_SYMLINK_NOFOLLOW
+            if args[3] & AT_EMPTY_PATH:
+                self._continue(nid)  # fstat of a descriptor: native
+                return None
+        elif name == "statx":
+            dirfd, buf = _int32(args[0]), args[4]
+            follow = not args[2] & AT_SYMLINK_NOFOLLOW
+            if args[2] & AT_EMPTY_PATH:
+                self._continue(nid)
+                return None
+        else:  # stat, lstat
+            buf, follow = args[1], name == "stat"
+        if not self._valid(nid):  # the path was read from a process that still waits
+            return None
+        if not raw:
+            self._continue(nid)
+            return None
+        path = os.fsdecode(raw)
+        if not path.startswith("/"):
+            if dirfd != AT_FDCWD:
+                self._continue(nid)  # relative to a descriptor: resolves natively
+                return None
+            path = os.path.join(os.readlink(f"/proc/{tid}/cwd"), path)
+        path = _normalize(path)
+        write = bool(flags & _WRITE_FLAGS) or flags & _O_TMPFILE == _O_TMPFILE
+        decision = decide(config, path, write, resolver_files=self._dns)
+        if decision == LOCAL:
+            self._continue(nid)
+            return None
+        if decision in (ENOENT, EROFS):
+            self._answer(nid, err=errno.ENOENT if decision == ENOENT else errno.EROFS)
+            return None
+        return PathCall(nid, tid, name, path, flags, mode, buf, follow)
+
+    async def _remote_path(self, call: PathCall) -> None:
+        try:
+            if call.name in ("openat", "open"):
+                await self._remote_open(call)
+            else:
+                await self._remote_stat(call)
+        except RemoteError as exc:
+            log.debug("seccomp: pid %d %s %s: %s", call.tid, call.name, call.path, exc)
+            self._answer(call.nid, err=exc.errno or errno.EIO)
+        except (LinkClosed, TimeoutError):
+            self._answer(call.nid, err=errno.EIO)
+        except (ProcessLookupError, FileNotFoundError):
+            pass
+        except Exception:
+            log.exception("seccomp: %s of %s for pid %d failed", call.name, call.path, call.tid)
+            self._answer(call.nid, err=errno.EIO)
+
+    async def _remote_open(self, call: PathCall) -> None:
+        reply = await self._files._open(None, {  # noqa: SLF001
+            "t": "fs_open", "path": call.path, "flags": call.flags & ~os.O_CLOEXEC,
+            "mode": call.mode & 0o7777})
+        fds = reply.get("_fds", [])
+        try:
+            if not self._valid(call.nid):
+                return
+            cloexec = os.O_CLOEXEC if call.flags & os.O_CLOEXEC else 0
+            installed = self.lib.tether_notif_addfd(self.listener, call.nid, fds[0], -1, cloexec)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        if installed < 0:
+            self._answer(call.nid, err=-installed)
+            return
+        log.debug("seccomp: pid %d opened %s in the target (fd %d)", call.tid, call.path,
+                  installed)
+        self._answer(call.nid, installed)
+
+    async def _remote_stat(self, call: PathCall) -> None:
+        reply = await self._files._forward(None, {  # noqa: SLF001
+            "t": "fs_stat", "path": call.path, "follow": call.follow})
+        st = [int(v) for v in reply["st"]]
+        data = _statx_bytes(st) if call.name == "statx" else _stat_bytes(st)
+        if not self._valid(call.nid):
+            return
+        with open(f"/proc/{call.tid}/mem", "r+b", buffering=0) as mem:
+            os.pwrite(mem.fileno(), data, call.buf)
+        self._answer(call.nid, 0)
 
     # ---- answering ----
     def _continue(self, nid: int) -> None:
@@ -240,21 +414,24 @@ class Supervisor:
             if agent is None:
                 self._continue(nid)
                 return
+            if dns:
+                servers = [str(a) for a in
+                           (await agent.call({"t": "agent_nameservers"}, 10))["servers"]]
+                if not servers:
+                    self._continue(nid)
+                    return
+                # Go reads the target's resolv.conf (served from the target), so it asks
+                # one of the target's nameservers; otherwise, the first of them.
+                if ip not in servers:
+                    ip = servers[0]
+                    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
             if not agent.can_pass_fds or _feature(self.orch, "outgoing").relay_mode:
-                await self._connect_relayed(nid, tid, fd, sock, family, ip, port, proto, dns,
+                await self._connect_relayed(nid, tid, fd, sock, family, ip, port, proto,
                                             nonblocking)
                 return
             req: dict[str, Any] = {"t": "agent_connect", "proto": proto, "family": family,
                                    "addr": socket.inet_pton(family, ip), "port": port,
-                                   "connect": False}
-            if dns:
-                servers = (await agent.call({"t": "agent_nameservers"}, 10))["servers"]
-                if not servers:
-                    self._continue(nid)
-                    return
-                server = str(servers[0])
-                family = socket.AF_INET6 if ":" in server else socket.AF_INET
-                req.update(family=family, addr=socket.inet_pton(family, server), connect=True)
+                                   "connect": dns}
             reply = await agent.call(req, 10)
             fds = reply.pop("_fds", [])
             if not fds or reply.get("result", 0) not in (0, errno.EINPROGRESS):
@@ -280,37 +457,32 @@ class Supervisor:
                 self._answer(nid, err=-installed)
                 return
             if dns:
-                log.debug("seccomp: pid %d DNS to the target's nameserver %s", tid, servers[0])
+                log.debug("seccomp: pid %d DNS to the target's nameserver %s", tid, ip)
                 self._answer(nid, 0)
             else:
                 log.debug("seccomp: pid %d connect %s:%d through the target", tid, ip, port)
                 self._continue(nid)
 
     async def _connect_relayed(self, nid: int, tid: int, fd: int, sock: socket.socket,
-                               family: int, ip: str, port: int, proto: str, dns: bool,
+                               family: int, ip: str, port: int, proto: str,
                                nonblocking: bool) -> None:
         """Links that cannot carry descriptors (Kubernetes): the outgoing feature's relay.
 
-        The agent connects inside the target and relays over the link; here a socket
-        connected to the relay's loopback end replaces the program's, and the call returns
-        0 (a connect may complete at once, also for non-blocking sockets)."""
-        if proto != "tcp" or dns:
-            if not self._warned_relay:
-                log.warning("seccomp: UDP and DNS of static/Go programs need a target that "
-                            "can hand sockets over; they stay local")
-                self._warned_relay = True
-            self._continue(nid)
-            return
+        The agent connects inside the target and relays over the link (TCP: a stream,
+        UDP and DNS: one message per datagram); here a loopback socket connected to the
+        relay's end replaces the program's, and the call returns 0 (a connect may complete
+        at once, also for non-blocking sockets)."""
         outgoing = _feature(self.orch, "outgoing")
         reply = await outgoing._out_connect(None, {  # noqa: SLF001
-            "proto": "tcp", "family": family, "addr": socket.inet_pton(family, ip),
+            "proto": proto, "family": family, "addr": socket.inet_pton(family, ip),
             "port": port, "connect": True})
         if reply.get("result", 0) != 0 or not reply.get("relay"):
             self._answer(nid, err=int(reply.get("result") or errno.ECONNREFUSED))
             return
         raw_addr, relay_port = reply["relay"]
         relay_family = socket.AF_INET6 if len(raw_addr) == 16 else socket.AF_INET
-        local = socket.socket(relay_family, socket.SOCK_STREAM)
+        kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+        local = socket.socket(relay_family, kind)
         try:
             local.connect((socket.inet_ntop(relay_family, raw_addr), int(relay_port)))
             _copy_options(sock, local.fileno())
@@ -324,7 +496,8 @@ class Supervisor:
         if installed < 0:
             self._answer(nid, err=-installed)
             return
-        log.debug("seccomp: pid %d connect %s:%d relayed through the agent", tid, ip, port)
+        log.debug("seccomp: pid %d %s connect %s:%d relayed through the agent", tid, proto,
+                  ip, port)
         self._answer(nid, 0)
 
     def _decide_incoming(self, port: int, loopback: bool) -> int:
@@ -415,6 +588,60 @@ class Supervisor:
             self._sessions.pop(session.pid, None)
 
 
+@dataclass
+class PathCall:
+    """A path call of the program whose path is the target's."""
+
+    nid: int
+    tid: int
+    name: str
+    path: str
+    flags: int
+    mode: int
+    buf: int  # stat buffer in the program
+    follow: bool
+
+
+def _int32(value: int) -> int:
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+def _normalize(path: str) -> str:
+    """Lexical normal form, as the layer's (".", "..", "//"), with one leading slash."""
+    norm = os.path.normpath(path)
+    return "/" + norm.lstrip("/")
+
+
+def _stat_bytes(st: list[int]) -> bytes:
+    """struct stat (x86-64 layout) from the wire form (messages_files.STAT_FIELDS)."""
+    dev, ino, mode, nlink, uid, gid, rdev, size, blksize, blocks = st[:10]
+    return struct.pack("=QQQIIIiQqqq6q3q", dev, ino, nlink, mode, uid, gid, 0, rdev, size,
+                       blksize, blocks, *st[10:16], 0, 0, 0)
+
+
+def _statx_bytes(st: list[int]) -> bytes:
+    """struct statx (256 bytes) with the basic fields (STATX_BASIC_STATS)."""
+    dev, ino, mode, nlink, uid, gid, rdev, size, blksize, blocks = st[:10]
+    ts = struct.pack("=qIi", st[10], st[11], 0)  # atime
+    btime = struct.pack("=qIi", 0, 0, 0)
+    head = struct.pack("=IIQIIIHHQQQQ", 0x7FF, blksize, 0, nlink, uid, gid, mode & 0xFFFF, 0,
+                       ino, size, blocks, 0)
+    tail = struct.pack("=IIII", os.major(rdev), os.minor(rdev), os.major(dev), os.minor(dev))
+    times = ts + btime + struct.pack("=qIi", st[14], st[15], 0) + \
+        struct.pack("=qIi", st[12], st[13], 0)
+    data = head + times + tail
+    return data + b"\0" * (256 - len(data))
+
+
+def _config_value(config: str, key: str) -> str:
+    for entry in config.split(";"):
+        k, _, v = entry.partition("=")
+        if k == key:
+            return v
+    return ""
+
+
 def _copy_options(src: socket.socket, dst_fd: int) -> None:
     """Options a program commonly sets before connect, carried to the replacement."""
     dst = socket.socket(fileno=os.dup(dst_fd))
@@ -483,7 +710,10 @@ def _load_layer_decisions() -> Any:
 def _syscall_names() -> dict[int, str]:
     from . import _native
 
-    return {_native.lib.tether_sysno(n.encode()): n for n in TRAPPED}
+    names = ("connect", "bind", "listen", *PATH_CALLS)
+    numbers = {_native.lib.tether_sysno(n.encode()): n for n in names}
+    numbers.pop(-1, None)  # open, stat, lstat: x86-64 only
+    return numbers
 
 
 _SYSCALL_NAMES = _syscall_names()

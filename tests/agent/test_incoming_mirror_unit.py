@@ -29,13 +29,17 @@ def test_half_survives_sequence_wraparound() -> None:
 
 def test_bpf_program_shapes() -> None:
     plain, shadow = bpf_program(8080), bpf_program(8080, shadow=True)
-    for prog in (plain, shadow):
+    v6 = bpf_program(8080, v6=True)
+    for prog in (plain, shadow, v6):
         assert prog[-1] == (0x06, 0, 0, 0) and prog[-2][0] == 0x06  # ends in accept, drop
         for i, (op, jt, jf, _k) in enumerate(prog):
             if op != 0x06:  # every jump lands inside the program
                 assert i + 1 + jt < len(prog) and i + 1 + jf < len(prog)
     assert len(shadow) > len(plain)
     assert sum(1 for op, *_ in plain if op == 0x15 and _[-1] == 8080) == 1  # dport only
+    assert sum(1 for op, *_ in v6 if op == 0x15 and _[-1] == 8080) == 1
+    # the shadow socket sees both families: dport and sport of each
+    assert sum(1 for op, *_ in shadow if op == 0x15 and _[-1] == 8080) == 4
 
 
 def _answer(body: bytes, status: int = 200) -> bytes:

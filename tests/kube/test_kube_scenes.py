@@ -125,3 +125,65 @@ def test_outgoing_and_dns_reach_what_only_the_pod_reaches(kube, pod_factory, kub
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"resolved: {db.ip}" in res.stdout
     assert "reply: pong ping from" in res.stdout, res.stdout
+
+
+# The program of the reconnect scene: it serves the stolen port 8080 and, for each request,
+# resolves db.internal (a name only the pod knows) and talks to it, answering with its pid.
+RESILIENT = r'''
+import os, socket
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        try:
+            c = socket.create_connection(("db.internal", 7000), timeout=3)
+            c.sendall(b"ping"); body = c.recv(1024); c.close()
+        except OSError as e:
+            body = f"error {e}".encode()
+        body = f"pid {os.getpid()} ".encode() + body
+        self.send_response(200); self.send_header("Content-Length", str(len(body)))
+        self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
+'''
+
+
+def test_dropped_port_forward_is_reestablished_and_the_program_keeps_its_state(
+        kube, silly, pod_factory, kube_env, tmp_path):
+    db = pod_factory("db", behind=silly, cmd=[sys.executable, "-c", ECHO])
+    silly.exec(["sh", "-c", f"for i in $(seq 50); do nc -z {db.ip} 7000 && exit 0; "
+                            "sleep 0.1; done; exit 1"])
+    with open(silly.root / "etc" / "hosts", "a") as hosts:
+        hosts.write(f"{db.ip}\tdb.internal\n")
+    s = KubeSession(kube_env, "steal.json", tmp_path, [sys.executable, "-c", RESILIENT])
+    try:
+        s.wait_for("port 8080 of the target")
+        before = curl(silly, "/before")
+        assert before.startswith("pid ") and "pong ping" in before, before
+        kube.drop_port_forwards()
+        dropped = time.monotonic()
+        after = ""
+        while time.monotonic() - dropped < 10:  # meanwhile the target answers for itself
+            res = subprocess.run(["curl", "-sS", "-m", "2", f"http://{silly.ip}:{PORT}/after"],
+                                 capture_output=True, text=True)
+            if res.stdout.startswith("pid ") and "pong ping" in res.stdout:
+                after = res.stdout
+                break
+            time.sleep(0.1)
+        # Stolen again by the same process: DNS and the outgoing connection work again.
+        assert after.split()[:2] == before.split()[:2], (after, s.output)
+        assert s.proc.poll() is None
+        s.wait_for("reconnected after")
+        assert sum("dropped" in line for line in s.lines) == 1, s.output
+    finally:
+        s.stop()
+    target_answers_within(silly, 2)
+
+
+def test_an_agent_that_is_really_gone_still_ends_the_session(kube, silly, kube_session):
+    s = kube_session("steal.json")
+    for c in kube.agent_processes():
+        c.proc.kill()
+    s.proc.wait(30)
+    assert "lost the connection to the agent" in s.output or "lost the agent" in s.output, \
+        s.output
+    target_answers_within(silly, 2)

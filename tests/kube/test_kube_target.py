@@ -139,17 +139,6 @@ def test_unreachable_api_server(kube, kube_tether, tmp_path):
     assert "cannot reach the Kubernetes API server at http://127.0.0.1:9" in line
 
 
-def test_dropped_port_forward_ends_the_program_with_a_message(kube, kube_tether, tmp_path):
-    kube.deploy("silly-demo", "staging", env=POD_ENV)
-    t, box = run_in_background(kube_tether, tmp_path, SEED)
-    kube.drop_port_forwards()
-    t.join(15)
-    res = box["res"]
-    assert res.returncode != 0
-    assert "lost the connection to the agent in pod/silly-demo-" in res.stderr, res.stderr
-    assert "run the command again" in res.stderr
-
-
 def test_ls_lists_the_namespaces_targets(kube, kube_tether):
     [pod] = kube.deploy("silly-demo", "staging")
     kube.deploy("multi", "staging", containers=("app", "istio-proxy"), service=False)
@@ -193,3 +182,21 @@ def test_deleting_the_target_pod_ends_the_program_with_a_message(kube, kube_teth
     res = box["res"]
     assert res.returncode != 0
     assert f"target pod/{pod['metadata']['name']} was deleted" in res.stderr, res.stderr
+
+
+def test_ls_where_nothing_may_be_listed_says_so_once(kube, kube_tether):
+    """An editor plugin runs `ls --json` and shows what comes back: one error, once, as a
+    JSON object on stdout (not a line per kind of target)."""
+    import json
+
+    for plural in ("deployments", "statefulsets", "jobs", "cronjobs", "services", "rollouts",
+                   "pods"):
+        kube.forbid("list", plural)
+    plain = kube_tether([], cmd="ls", args=["-n", "staging"])
+    assert plain.returncode == 1
+    lines = [line for line in plain.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, plain.stderr
+    assert "forbidden" in lines[0] and "more kinds of target" in lines[0]
+    res = kube_tether([], cmd="ls", args=["-n", "staging", "--json"])
+    assert res.returncode == 1
+    assert json.loads(res.stdout)["error"] == lines[0].removeprefix("Error: ")

@@ -16,7 +16,7 @@ from tether.features.files import (
     encode_list,
     to_ere,
 )
-from tether.messages_files import STAT_FIELDS
+from tether.messages_files import STAT_FIELDS, STATFS_FIELDS
 
 LOCAL, REMOTE, ENOENT, EROFS = 0, 1, 2, 3
 
@@ -37,7 +37,7 @@ def decide(layer_lib, config: str, path: str, write: bool = False, cwd: str = "/
 
 @pytest.mark.parametrize("path,write,expected", [
     ("/etc/app/config.yaml", False, REMOTE),      # the target's configuration
-    ("/etc/app/config.yaml", True, EROFS),        # read mode: writes never reach it
+    ("/etc/app/config.yaml", True, LOCAL),        # read mode: a write goes to this machine
     ("/var/run/secrets/token", False, LOCAL),     # /var/run is /run: the machine's
     ("/usr/lib/python3.11/os.py", False, LOCAL),
     ("/usr", False, LOCAL),
@@ -83,6 +83,7 @@ def test_local_mode_and_no_feature_keep_everything_local(layer_lib):
     ("read", "/pain/read_write/test.a", True, REMOTE),
     ("read", "/pain/read_only/test.a", False, REMOTE),
     ("read", "/pain/read_only/test.a", True, LOCAL),
+    ("read", "/a/test.a", True, LOCAL),            # Bypass::ReadOnly: the local path
     ("read", "/pain/local/test.a", False, LOCAL),
     ("read", "/opt/test.a", False, LOCAL),
     ("localwithoverrides", "/a/test.a", False, LOCAL),
@@ -182,3 +183,27 @@ def test_c_decodes_replies(layer_lib):
     assert lib.tl_decode_fs_string(body, len(body), b"path", s, 64) == 20
     assert ffi.string(s) == b"/etc/ssl/certs/a.pem"
     assert lib.tl_decode_fs_string(body, len(body), b"path", s, 8) == -1
+
+
+@pytest.mark.parametrize("op,path,to,arg", [
+    ("mkdir", "/srv/data/new", "", 0o755),
+    ("rename", "/srv/a", "/srv/b", 1),   # RENAME_NOREPLACE
+    ("unlink", "/srv/data/x", "", 0),
+])
+def test_fs_change_request_matches_the_python_codec(layer_lib, op, path, to, arg):
+    msg = {"t": "fs_change", "id": 9, "op": op, "path": path, "to": to, "arg": arg}
+    out = c_bytes(layer_lib, "tl_encode_fs_change", 9, op.encode(), path.encode(), to.encode(),
+                  arg)
+    assert out == protocol.pack(msg)
+
+
+def test_c_decodes_statfs_replies(layer_lib):
+    ffi, lib = layer_lib
+    sf = [0x01021994, 4096, 1 << 33, 1 << 20, 1 << 19, 1000, 900, -5, 7, 255, 4096, 0x1020]
+    assert len(sf) == len(STATFS_FIELDS)
+    body = protocol.pack({"t": "fs_statfs_reply", "id": 1, "sf": sf})
+    out = ffi.new("long long[12]")
+    assert lib.tl_decode_fs_statfs(body, len(body), out) == 0
+    assert list(out) == sf
+    body = protocol.pack({"t": "fs_statfs_reply", "id": 1, "sf": sf[:5]})
+    assert lib.tl_decode_fs_statfs(body, len(body), out) == -1

@@ -16,15 +16,38 @@ from tether import (
 def test_in_listen_and_in_peer_encode_like_python(layer_lib):
     ffi, lib = layer_lib
     buf = ffi.new("unsigned char[256]")
-    n = lib.tl_encode_in_listen(buf, 256, 7, 8080, 41234, b"0.0.0.0", 4)
+    n = lib.tl_encode_in_listen(buf, 256, 7, 8080, 41234, b"0.0.0.0", 4, 0)
     msg = {"t": "in_listen", "id": 7, "port": 8080, "local_port": 41234, "addr": "0.0.0.0",
            "family": 4}
+    assert bytes(ffi.buffer(buf, n)) == msgpack.packb(msg, use_bin_type=True)
+    protocol.validate(msgpack.unpackb(bytes(ffi.buffer(buf, n))))
+    n = lib.tl_encode_in_listen(buf, 256, 8, 0, 8080, b"::", 6, 1)
+    msg = {"t": "in_listen", "id": 8, "port": 0, "local_port": 8080, "addr": "::",
+           "family": 6, "adopt": True}
+    assert bytes(ffi.buffer(buf, n)) == msgpack.packb(msg, use_bin_type=True)
+    protocol.validate(msgpack.unpackb(bytes(ffi.buffer(buf, n))))
+    n = lib.tl_encode_in_bind(buf, 256, 9, 8080, 8080, 41234)
+    msg = {"t": "in_bind", "id": 9, "port": 8080, "want": 8080, "local_port": 41234}
     assert bytes(ffi.buffer(buf, n)) == msgpack.packb(msg, use_bin_type=True)
     protocol.validate(msgpack.unpackb(bytes(ffi.buffer(buf, n))))
     n = lib.tl_encode_in_peer(buf, 256, 300, 50000, 8080)
     assert msgpack.unpackb(bytes(ffi.buffer(buf, n))) == {
         "t": "in_peer", "id": 300, "port": 50000, "listen_port": 8080}
-    assert lib.tl_encode_in_listen(buf, 8, 7, 8080, 1, b"x", 4) == -1
+    assert lib.tl_encode_in_listen(buf, 8, 7, 8080, 1, b"x", 4, 0) == -1
+
+
+def test_in_listen_reply_decodes_what_an_adopted_listener_serves(layer_lib):
+    ffi, lib = layer_lib
+    port, want = ffi.new("long *"), ffi.new("long *")
+    body = msgpack.packb({"t": "in_listen_reply", "id": 1, "ok": True, "port": 8080,
+                          "want": 8080})
+    assert lib.tl_decode_in_listen_reply(body, len(body), port, want) == 1
+    assert (port[0], want[0]) == (8080, 8080)
+    body = msgpack.packb({"t": "in_listen_reply", "id": 1, "ok": False})
+    assert lib.tl_decode_in_listen_reply(body, len(body), port, want) == 0
+    assert (port[0], want[0]) == (0, 0)
+    body = msgpack.packb({"t": "error", "id": 1, "code": "x", "message": "y"})
+    assert lib.tl_decode_in_listen_reply(body, len(body), port, want) == -1
 
 
 def test_in_peer_reply_decodes(layer_lib):

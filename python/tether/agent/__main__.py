@@ -5,8 +5,9 @@ target's network namespace; for Kubernetes: in the target pod).  It talks to exa
 orchestrator, over an inherited socket (``--fd``) or a TCP port (``--listen``), and exits
 when that orchestrator goes away, so nothing of a session outlives it.
 
-The session secret arrives in the TETHER_AGENT_SECRET variable (never on the command
-line, which every user of the machine can read).
+The session secret arrives in a file (``--secret-file``, a Kubernetes Secret mounted
+into the agent's pod), in the TETHER_AGENT_SECRET variable, or in memory from a forking
+orchestrator; never on the command line, which every user of the machine can read.
 """
 
 from __future__ import annotations
@@ -21,9 +22,14 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from .server import AgentContext, serve_connection
+from .server import AgentContext, AgentServer, serve_connection
 
 log = logging.getLogger("tether.agent")
+
+
+# How long a session outlives a dropped connection to its orchestrator (a port-forward cut
+# by the API server); the orchestrator gives up reconnecting before that.
+RESUME_GRACE = 30.0
 
 
 class AgentStartError(Exception):
@@ -69,6 +75,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--idle-exit", type=float,
                    help="with --listen: exit after SECONDS without an orchestrator (the first "
                         "one gets at least 60 s), so an agent in a pod never outlives its session")
+    p.add_argument("--resume-grace", type=float, default=RESUME_GRACE,
+                   help="with --listen: how long the session waits for its orchestrator to "
+                        "reconnect after the connection dropped (default %(default)s s)")
+    p.add_argument("--secret-file",
+                   help="read the session secret from this file (a mounted Secret) instead "
+                        "of TETHER_AGENT_SECRET")
     p.add_argument("--log-level", default=os.environ.get("TETHER_LOG", "info"))
     p.add_argument("--targetless", action="store_true",
                    help="no target: act in the agent's own namespaces (its own pod)")
@@ -111,21 +123,39 @@ async def run(args: argparse.Namespace, secret: str) -> int:
         return 0
     host, _, port = args.listen.rpartition(":")
     loop = asyncio.get_running_loop()
-    server = socket.create_server((host or "0.0.0.0", int(port)), reuse_port=False)
+    server = socket.create_server((host or "0.0.0.0", int(port)), reuse_port=False,
+                                  backlog=64)
     server.setblocking(False)
+    agent = AgentServer(ctx, grace=args.resume_grace)
     log.info("listening on %s", args.listen)
-    idle = args.idle_exit
-    first = True
-    while True:  # one orchestrator at a time; the secret decides who gets served
-        try:
-            wait = None if idle is None else (max(idle, 60.0) if first else idle)
-            conn, peer = await asyncio.wait_for(loop.sock_accept(server), wait)
-        except TimeoutError:
-            log.info("no orchestrator for %.0f s; agent exiting", wait)
-            return 0
-        first = False
-        reason = await serve_connection(ctx, conn)
-        log.info("orchestrator %s gone (%s)", peer, reason)
+
+    async def accept_loop() -> None:
+        # Every client is admitted at once (authentication runs beside this loop), so a
+        # silent or hostile connection holds up no one.
+        while True:
+            try:
+                conn, _peer = await loop.sock_accept(server)
+            except OSError as exc:  # EMFILE and friends: back off, keep the port
+                log.warning("accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            agent.admit(conn)
+
+    acceptor = loop.create_task(accept_loop())
+    try:
+        if args.idle_exit is not None:  # the first orchestrator gets at least 60 s
+            wait = max(args.idle_exit, 60.0)
+            try:
+                await asyncio.wait_for(agent.authenticated.wait(), wait)
+            except TimeoutError:
+                log.info("no orchestrator for %.0f s; agent exiting", wait)
+                return 0
+        await agent.ended.wait()
+        log.info("session ended; agent exiting")
+        return 0
+    finally:
+        acceptor.cancel()
+        server.close()
 
 
 def main(argv: list[str] | None = None, secret: str | None = None) -> int:
@@ -136,10 +166,19 @@ def main(argv: list[str] | None = None, secret: str | None = None) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="tether-agent[%(process)d] %(levelname)s %(message)s",
     )
+    if secret is None and args.secret_file:
+        try:
+            with open(args.secret_file) as f:
+                secret = f.read().strip()
+        except OSError as exc:
+            print(f"tether-agent: cannot read the session secret from {args.secret_file}: "
+                  f"{exc.strerror}", file=sys.stderr)
+            return 2
     if secret is None:
         secret = os.environ.pop("TETHER_AGENT_SECRET", "")
     if not secret:
-        print("tether-agent: TETHER_AGENT_SECRET is not set", file=sys.stderr)
+        print("tether-agent: no session secret (TETHER_AGENT_SECRET or --secret-file)",
+              file=sys.stderr)
         return 2
     try:
         from .. import _native

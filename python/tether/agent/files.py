@@ -1,4 +1,5 @@
-"""Agent side of remote files: open, stat, readlink, realpath inside the target's root.
+"""Agent side of remote files: open, stat, readlink, realpath, statfs, mkdir, rmdir, unlink
+and rename inside the target's root.
 
 Every path is resolved *inside* the target's filesystem: ``openat2(2)`` with
 ``RESOLVE_IN_ROOT`` on a descriptor of ``/proc/<pid>/root``, so ``..`` and absolute
@@ -34,7 +35,10 @@ class _OpenHow(ctypes.Structure):
 
 def openat2_in_root(root_fd: int, path: str, flags: int, mode: int = 0) -> int:
     """Open ``path`` as the target sees it (resolved inside ``root_fd``); returns an fd."""
-    how = _OpenHow(flags | os.O_CLOEXEC, mode if flags & (os.O_CREAT | os.O_TMPFILE) else 0,
+    # open(2) ignores the file-type bits of a mode (libuv's copyfile passes the source's
+    # st_mode); openat2(2) refuses them with EINVAL, so keep only the permission bits.
+    mode = mode & 0o7777 if flags & (os.O_CREAT | os.O_TMPFILE) else 0
+    how = _OpenHow(flags | os.O_CLOEXEC, mode,
                    RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
     raw = os.fsencode(path)
     while True:
@@ -139,6 +143,69 @@ async def _fs_realpath(link: Link, msg: Message) -> Message:
     return {"t": "fs_realpath_reply", "path": realpath_in_root(root_fd(link), msg["path"])}
 
 
+class _Statfs(ctypes.Structure):  # struct statfs (x86_64, aarch64: the same layout)
+    _fields_ = [("f_type", ctypes.c_long), ("f_bsize", ctypes.c_long),
+                ("f_blocks", ctypes.c_uint64), ("f_bfree", ctypes.c_uint64),
+                ("f_bavail", ctypes.c_uint64), ("f_files", ctypes.c_uint64),
+                ("f_ffree", ctypes.c_uint64), ("f_fsid", ctypes.c_int * 2),
+                ("f_namelen", ctypes.c_long), ("f_frsize", ctypes.c_long),
+                ("f_flags", ctypes.c_long), ("f_spare", ctypes.c_long * 4)]
+
+
+_RENAMEAT2 = _libc.renameat2
+_RENAMEAT2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                       ctypes.c_uint]
+
+
+def _parent(root: int, path: str) -> tuple[int, str]:
+    """The directory holding ``path`` (an O_PATH descriptor, resolved in the target's
+    root) and the last component, which is acted on without following it."""
+    head, base = _split(path)
+    return openat2_in_root(root, head, os.O_PATH | os.O_DIRECTORY), base
+
+
+async def _fs_change(link: Link, msg: Message) -> Message:
+    """mkdir / rmdir / unlink / rename in the target; the kernel's errno is the answer."""
+    root, op = root_fd(link), msg["op"]
+    dfd, base = _parent(root, msg["path"])
+    try:
+        if op == "mkdir":
+            os.mkdir(base, msg["arg"] & 0o7777, dir_fd=dfd)
+        elif op == "rmdir":
+            os.rmdir(base, dir_fd=dfd)
+        elif op == "unlink":
+            os.unlink(base, dir_fd=dfd)
+        elif op == "rename":
+            tfd, tbase = _parent(root, msg["to"])
+            try:
+                if _RENAMEAT2(dfd, os.fsencode(base), tfd, os.fsencode(tbase),
+                              msg["arg"] & 0xFFFFFFFF) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err), msg["to"])
+            finally:
+                os.close(tfd)
+        else:
+            raise OSError(errno.EINVAL, f"unknown fs_change op {op!r}")
+    finally:
+        os.close(dfd)
+    return {"t": "fs_change_reply"}
+
+
+async def _fs_statfs(link: Link, msg: Message) -> Message:
+    fd = openat2_in_root(root_fd(link), msg["path"], os.O_PATH)
+    buf = _Statfs()
+    try:
+        if _libc.fstatfs(fd, ctypes.byref(buf)) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), msg["path"])
+    finally:
+        os.close(fd)
+    return {"t": "fs_statfs_reply",
+            "sf": [buf.f_type, buf.f_bsize, buf.f_blocks, buf.f_bfree, buf.f_bavail,
+                   buf.f_files, buf.f_ffree, buf.f_fsid[0], buf.f_fsid[1], buf.f_namelen,
+                   buf.f_frsize, buf.f_flags]}
+
+
 async def _fs_read(link: Link, msg: Message) -> Message:
     fd = openat2_in_root(root_fd(link), msg["path"], os.O_RDONLY)
     try:
@@ -179,4 +246,6 @@ HANDLERS: dict[str, Handler] = {
     "fs_realpath": _fs_realpath,
     "fs_read": _fs_read,
     "fs_list": _fs_list,
+    "fs_change": _fs_change,
+    "fs_statfs": _fs_statfs,
 }

@@ -33,26 +33,53 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import logging
+import os
 import socket
+import struct
 from dataclasses import dataclass
 from typing import Any
 
 from .. import (
+    limits,
     messages_incoming,  # noqa: F401  (registers the message types)
     relay,
 )
 from ..http import RequestMatcher, compile_filter
 from ..link import Link, LinkClosed, RemoteError
 from ..protocol import Message
+from . import conntrack
 from .incoming_http import Router, splice
 from .incoming_mirror import Sniffer
-from .redirect import RedirectError, Redirector, bypass, original_dst
+from .redirect import OtherSteal, RedirectError, Redirector, bypass, original_dst
 
 log = logging.getLogger("tether.agent.incoming")
 
 CONNECT_TIMEOUT = 5.0
+
+#: accept(2) failed for lack of memory or descriptors: the listener is fine, the process is
+#: full. Back off, shed the newest connection, go on.
+EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: accept(2) reports errors of the connection being accepted (man 2 accept, "Error
+#: handling"): the listener is fine, that one connection is gone.
+TRANSIENT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR,
+                       errno.ENETDOWN, errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET,
+                       errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH,
+                       errno.ETIMEDOUT, errno.ECONNRESET})
+BACKOFF_MIN, BACKOFF_MAX = 0.005, 0.2
+#: At unsubscribe: how long the connections the redirect already sent here (accept queue,
+#: handshakes in flight, requests being served) get to finish. The orchestrator waits for
+#: the reply, so this must stay below its unsubscribe timeout.
+DRAIN_TIMEOUT = 0.8
+#: A handshake conntrack already sent here completes within a round trip; wait that long
+#: after the redirect is gone before trusting an empty accept queue.
+DRAIN_SETTLE = 0.05
+#: Abstract Unix socket (scoped to the network namespace) on which an agent hears
+#: "release <port>" from a newer session that overrides its steal (on_concurrent_steal).
+RELEASE_PREFIX = "tether-agent-release/"
+CONCURRENT_STEAL = ("abort", "continue", "override")
 
 
 @dataclass
@@ -75,22 +102,29 @@ class IncomingAgent:
         # Hand streams over as relay streams instead of descriptors.
         self.relay = not link.can_pass_fds
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Stolen connections being served, by original port: unsubscribe waits for them.
+        self._serving: dict[int, set[asyncio.Task[Any]]] = {}
+        # One descriptor kept in reserve: at EMFILE it is closed to accept (and shed) the
+        # newest connection, so clients are answered with a close instead of hanging in a
+        # full accept queue.
+        self._reserve: int | None = None
+        self._shed = 0
+        # Every port stolen and every listener port of this agent: conntrack entries that
+        # NAT the one to the other are forgotten when the session ends.
+        self._stolen: set[int] = set()
+        self._listen_ports: set[int] = set()
+        # Ports a newer session took over (on_concurrent_steal "override"): never re-stolen.
+        self._overridden: dict[int, str] = {}
+        self._release_sock: socket.socket | None = None
         link.state.setdefault("cleanups", []).append(self.close)
 
     # ---- subscriptions ----
     async def subscribe(self, port: int, mode: str, spec: Any, use_relay: bool = False,
-                        shadow: bool = False) -> None:
+                        shadow: bool = False, on_concurrent_steal: str = "continue") -> None:
         self.relay = use_relay or not self.link.can_pass_fds
         if port in self.subs:
             await self.unsubscribe(port)
-        if mode == "mirror":
-            sub = Subscription(port, mode)
-            sub.sniffer = Sniffer(port, lambda key: self._mirror_flow(port, key), shadow,
-                                  lambda key, answers: self._shadow(port, key, answers))
-            self.subs[port] = sub
-            log.info("mirroring port %d%s", port, " (shadow: comparing answers)" if shadow else "")
-            return
-        if mode != "steal":
+        if mode not in ("mirror", "steal"):
             raise RemoteError("bad_mode", f"unknown incoming mode {mode!r}")
         matcher = None
         if spec:
@@ -98,15 +132,144 @@ class IncomingAgent:
                 matcher = compile_filter(spec)
             except ValueError as exc:
                 raise RemoteError("bad_filter", f"http_filter: {exc}") from None
+        if mode == "mirror":
+            sub = Subscription(port, mode, matcher)
+            sub.sniffer = Sniffer(port, lambda key: self._mirror_flow(port, key), shadow,
+                                  lambda key, answers: self._shadow(port, key, answers),
+                                  matcher=matcher)
+            self.subs[port] = sub
+            log.info("mirroring port %d%s%s", port,
+                     " (shadow: comparing answers)" if shadow else "",
+                     f" with filter {matcher}" if matcher else "")
+            return
+        if port in self._overridden:
+            raise RemoteError("overridden", self._overridden[port])
+        if on_concurrent_steal not in CONCURRENT_STEAL:
+            raise RemoteError("bad_config", "on_concurrent_steal must be one of "
+                              f"{', '.join(CONCURRENT_STEAL)}, not {on_concurrent_steal!r}")
+        # The listener accepts before the redirect exists: no connection can be sent to a
+        # port nobody accepts on.
         self._ensure_listener()
         assert self.redirector is not None
+        await self._concurrent_steal(port, matcher is None, on_concurrent_steal)
+        # Connections an earlier agent stole leave entries NATed to its listener; a client
+        # that reuses its port would meet that dead listener instead of this redirect.
+        live = conntrack.listening_ports()
+        conntrack.forget(port, lambda e: e.reply_sport not in live)
         self.subs[port] = Subscription(port, mode, matcher)
+        self._stolen.add(port)
         try:
-            self.redirector.add(port, self.listen_port)
+            self.redirector.add(port, self.listen_port, whole=matcher is None)
         except RedirectError as exc:
             del self.subs[port]
             raise RemoteError("redirect", f"cannot steal port {port}: {exc}") from None
         log.info("stealing port %d%s", port, f" with filter {matcher}" if matcher else "")
+
+    async def _concurrent_steal(self, port: int, whole: bool, policy: str) -> None:
+        """Another session steals this port too. Filtered steals chain (each developer gets
+        their matches); a steal without a filter takes every connection that reaches it,
+        so with one on either side the sessions conflict, and ``policy`` decides (the
+        incumbent's on_concurrent_steal): ``abort`` refuses to start, ``continue`` chains
+        anyway (the newer session sees connections first), ``override`` makes the other
+        session give the port up (that session ends, saying why)."""
+        assert self.redirector is not None
+        try:
+            others = self.redirector.others(port)
+        except RedirectError as exc:
+            log.debug("cannot list the other sessions' steals: %s", exc)
+            return
+        conflicts = [o for o in others if o.whole or whole]
+        if not conflicts:
+            return
+        who = "; ".join(_describe(o) for o in conflicts)
+        if policy == "abort":
+            raise RemoteError(
+                "concurrent_steal",
+                f"port {port} is already stolen by another tether session ({who}); set "
+                "feature.network.incoming.on_concurrent_steal to \"continue\" to steal "
+                "alongside it or \"override\" to take the port over")
+        if policy == "continue":
+            log.warning("port %d is also stolen by another tether session (%s); continuing "
+                        "(on_concurrent_steal: continue): this session sees new connections "
+                        "first", port, who)
+            return
+        for other in conflicts:
+            await self._take_over(other, port)
+        log.warning("port %d: took it over from another tether session (%s) "
+                    "(on_concurrent_steal: override)", port, who)
+
+    async def _take_over(self, other: OtherSteal, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(
+                loop.sock_connect(sock, f"\0{RELEASE_PREFIX}{other.table}"), 2)
+            await loop.sock_sendall(sock, f"release {port}\n".encode())
+            answer = await asyncio.wait_for(loop.sock_recv(sock, 64), 3)
+        except (OSError, TimeoutError) as exc:
+            raise RemoteError("concurrent_steal", f"cannot take port {port} over from "
+                              f"another tether session ({_describe(other)}): {exc}") from None
+        finally:
+            sock.close()
+        if answer != b"released\n":
+            raise RemoteError("concurrent_steal", f"another tether session "
+                              f"({_describe(other)}) did not give port {port} up")
+
+    def _serve_releases(self, table: str) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(f"\0{RELEASE_PREFIX}{table}")
+            sock.listen(8)
+        except OSError as exc:
+            sock.close()
+            log.debug("no release socket: %s", exc)
+            return
+        sock.setblocking(False)
+        self._release_sock = sock
+        self._spawn(self._release_loop(sock))
+
+    async def _release_loop(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except OSError as exc:
+                if exc.errno in EXHAUSTED or exc.errno in TRANSIENT:
+                    await asyncio.sleep(0.1)
+                    continue
+                return
+            self._spawn(self._release(conn))
+
+    async def _release(self, conn: socket.socket) -> None:
+        """A newer session overrides our steal of a port: only a peer with our own user id
+        (the agents run as root) may ask."""
+        loop = asyncio.get_running_loop()
+        with conn:
+            conn.setblocking(False)
+            _pid, uid, _gid = struct.unpack(
+                "3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            if uid != os.geteuid():
+                return
+            try:
+                line = await asyncio.wait_for(loop.sock_recv(conn, 64), 2)
+            except (OSError, TimeoutError):
+                return
+            cmd, _, arg = line.decode(errors="replace").strip().partition(" ")
+            if cmd != "release" or not arg.isdigit():
+                return
+            port = int(arg)
+            reason = (f"port {port} was taken over by another tether session (its "
+                      "on_concurrent_steal is \"override\")")
+            self._overridden[port] = reason
+            sub = self.subs.get(port)
+            if sub is not None and sub.mode == "steal":
+                await self.unsubscribe(port)  # the redirect goes first, then the drain
+                log.warning("%s", reason)
+                with contextlib.suppress(LinkClosed):
+                    self.link.send({"t": "in_lost", "port": port, "reason": reason})
+            with contextlib.suppress(OSError):
+                await loop.sock_sendall(conn, b"released\n")
 
     async def unsubscribe(self, port: int) -> None:
         sub = self.subs.pop(port, None)
@@ -114,47 +277,137 @@ class IncomingAgent:
             return
         if sub.sniffer is not None:
             sub.sniffer.close()
-        elif self.redirector is not None:
-            with contextlib.suppress(RedirectError):
-                self.redirector.remove(port)
+        else:
+            if self.redirector is not None:
+                with contextlib.suppress(RedirectError):
+                    self.redirector.remove(port)
+            await self._drain(port)
+            ours = self._listen_ports
+            conntrack.forget(port, lambda e: e.reply_sport in ours
+                             and e.state >= conntrack.TCP_FIN_WAIT)
         log.info("port %d is the target's own again", port)
+
+    async def _drain(self, port: int) -> None:
+        """The redirect of ``port`` is gone: serve what it already sent here.
+
+        Connections in the accept queue or still in their handshake (conntrack keeps their
+        NAT to our listener) are accepted as usual and, with the subscription gone, go to
+        the application; requests being served get to finish. Bounded by DRAIN_TIMEOUT."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_TIMEOUT
+        await asyncio.sleep(DRAIN_SETTLE)
+        while self.listener is not None and _accept_queue(self.listener) and (
+                loop.time() < deadline):
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0)  # the accept loop's tasks register themselves
+        serving = self._serving.get(port)
+        if serving:
+            await asyncio.wait(set(serving), timeout=max(0.0, deadline - loop.time()))
 
     def _ensure_listener(self) -> None:
         if self.redirector is None:
+            limits.raise_nofile_limit()
             try:
                 self.redirector = Redirector()
             except RedirectError as exc:
                 raise RemoteError("redirect", f"cannot install the steal redirect: {exc}") from None
-        if self.listener is not None:
+            self._serve_releases(self.redirector.table)
+        if self.listener is not None and self._accept_task is not None and (
+                not self._accept_task.done()):
             return
+        if self.listener is not None:  # its accept loop ended: never reuse a dead listener
+            self.listener.close()
+            self.listener = None
+        if self._reserve is None:
+            with contextlib.suppress(OSError):
+                self._reserve = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.bind(("::", 0))
-        except OSError:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("0.0.0.0", 0))
-        sock.listen(1024)
-        sock.setblocking(False)
+            try:
+                sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                sock.bind(("::", 0))
+            except OSError as exc:
+                if exc.errno in EXHAUSTED:
+                    raise
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.bind(("0.0.0.0", 0))
+            sock.listen(4096)
+            sock.setblocking(False)
+        except OSError as exc:
+            raise RemoteError("listener", f"cannot open the agent's listener: {exc}") from None
         self.listener = sock
         self.listen_port = sock.getsockname()[1]
-        self._accept_task = asyncio.get_running_loop().create_task(self._accept_loop())
+        self._listen_ports.add(self.listen_port)
+        self._accept_task = asyncio.get_running_loop().create_task(self._accept_loop(sock))
+        # Ports already stolen (a listener that is replaced) follow it.
+        for port, sub in self.subs.items():
+            if sub.mode == "steal":
+                with contextlib.suppress(RedirectError, ValueError):
+                    self.redirector.add(port, self.listen_port)
 
     # ---- steal ----
-    async def _accept_loop(self) -> None:
+    async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        assert self.listener is not None
+        backoff = 0.0
         while True:
             try:
-                conn, peer = await loop.sock_accept(self.listener)
+                conn, peer = await loop.sock_accept(listener)
             except OSError as exc:
-                log.error("steal listener failed: %s", exc)
-                for port in list(self.subs):
-                    self._lost(port, f"the agent's listener failed: {exc}")
+                if exc.errno in EXHAUSTED:
+                    backoff = min(max(backoff * 2, BACKOFF_MIN), BACKOFF_MAX)
+                    self._exhausted(listener, exc)
+                    await asyncio.sleep(backoff)
+                    continue
+                if exc.errno in TRANSIENT:
+                    continue
+                self._listener_failed(listener, exc)
                 return
-            conn.setblocking(False)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if backoff:
+                log.warning("descriptors available again; %d connection(s) were shed meanwhile",
+                            self._shed)
+                backoff, self._shed = 0.0, 0
+            try:
+                conn.setblocking(False)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                conn.close()
+                continue
             self._spawn(self._serve(conn, peer))
+
+    def _exhausted(self, listener: socket.socket, exc: OSError) -> None:
+        """Out of descriptors or memory: shed the newest connection (a clean close now
+        instead of a client hanging in the queue), keep the ones being served."""
+        if not self._shed:
+            log.warning("steal listener: %s; shedding new connections until some close "
+                        "(raise the agent's descriptor limit: ulimit -n)", exc.strerror)
+        if self._reserve is not None:
+            os.close(self._reserve)
+            self._reserve = None
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            pass
+        else:
+            conn.close()
+            self._shed += 1
+        with contextlib.suppress(OSError):
+            self._reserve = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+
+    def _listener_failed(self, listener: socket.socket, exc: OSError) -> None:
+        """The listener cannot go on: the redirect goes first (the target serves its ports
+        again at once), then the orchestrator is told and may subscribe again, which opens
+        a new listener."""
+        log.error("steal listener failed: %s", exc)
+        ports = [port for port, sub in self.subs.items() if sub.mode == "steal"]
+        if self.redirector is not None:
+            for port in ports:
+                with contextlib.suppress(RedirectError):
+                    self.redirector.remove(port)
+        if self.listener is listener:
+            self.listener = None
+        listener.close()
+        for port in ports:
+            self._lost(port, f"the agent's listener failed: {exc}")
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -172,6 +425,10 @@ class IncomingAgent:
         peer_addr, peer_port = _plain(peer[0]), int(peer[1])
         sub = self.subs.get(dst[1])
         name = f"{peer_addr}:{peer_port}->{dst[1]}"
+        serving = self._serving.setdefault(dst[1], set())
+        task = asyncio.current_task()
+        assert task is not None
+        serving.add(task)
         try:
             if sub is None or sub.mode != "steal":
                 await self._to_app(conn, dst)
@@ -203,6 +460,7 @@ class IncomingAgent:
         except Exception as exc:
             log.warning("%s: %s", name, exc)
         finally:
+            serving.discard(task)
             with contextlib.suppress(OSError):
                 conn.close()
 
@@ -312,8 +570,34 @@ class IncomingAgent:
         if self.listener is not None:
             self.listener.close()
             self.listener = None
+        if self._reserve is not None:
+            os.close(self._reserve)
+            self._reserve = None
+        if self._release_sock is not None:
+            self._release_sock.close()
+            self._release_sock = None
         for task in list(self._tasks):
             task.cancel()
+        ours = self._listen_ports
+        for port in self._stolen:
+            conntrack.forget(port, lambda e: e.reply_sport in ours)
+
+
+def _accept_queue(listener: socket.socket) -> int:
+    """Connections waiting in a listener's accept queue (``tcpi_unacked`` of a listening
+    socket is its backlog; struct tcp_info: 8 bytes of u8 fields, then rto, ato, snd_mss,
+    rcv_mss, unacked)."""
+    try:
+        info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+    except OSError:
+        return 0
+    return int(struct.unpack_from("I", info, 24)[0])
+
+
+def _describe(other: OtherSteal) -> str:
+    pid = other.agent_pid
+    return (f"agent pid {pid}" if pid is not None else other.table) + (
+        ", without a filter" if other.whole else ", with a filter")
 
 
 def _plain(addr: str) -> str:
@@ -329,7 +613,8 @@ def _state(link: Link) -> IncomingAgent:
 
 async def _subscribe(link: Link, msg: Message) -> Message:
     await _state(link).subscribe(int(msg["port"]), str(msg["mode"]), msg.get("filter"),
-                                 bool(msg.get("relay")), bool(msg.get("shadow")))
+                                 bool(msg.get("relay")), bool(msg.get("shadow")),
+                                 str(msg.get("on_concurrent_steal") or "continue"))
     return {"t": "in_subscribe_reply", "port": int(msg["port"])}
 
 

@@ -28,6 +28,13 @@ each wake about once per batch instead of once per request. The copy arrives up 
 no gain visible once batching is in, and the agent also carries the developer's outgoing
 traffic, which must not starve on a busy node; so the agent keeps its priority.)
 
+Filter (``http_filter`` in mirror mode): each flow frames the client's bytes per request
+(:class:`tether.http.RequestFramer`) and judges every request head with the compiled
+filter; only matching requests (head and body) are copied, and the copy stream is opened
+at the first match, so a connection nothing matches costs the developer nothing. A
+matching upgrade request (WebSocket) copies the rest of the connection as it comes;
+HTTP/2 or bytes that do not frame end the copy of that connection (nothing to judge).
+
 Shadow (``shadow=True``): the socket is ETH_P_ALL (every IPv4 packet of the pod meets the
 filter) and the filter also passes the target's answers (source port = the port: on
 ``lo``, which shows each packet twice, the incoming copy; elsewhere the outgoing one),
@@ -45,11 +52,23 @@ import socket
 import struct
 from collections.abc import Callable
 
+from ..http import (
+    Body,
+    H2Preface,
+    Invalid,
+    RequestEnd,
+    RequestFramer,
+    RequestHead,
+    RequestMatcher,
+    Tunnel,
+    Upgraded,
+)
 from ..http.shadow import Exchanges, Summary
 
 log = logging.getLogger("tether.agent.incoming")
 
 ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
 SO_ATTACH_FILTER = 26
 PACKET_OUTGOING = 4
 ETH_P_ALL = 0x0003
@@ -70,8 +89,8 @@ Key = tuple[str, int, str, int]
 
 # classic BPF opcodes
 _LD_W_ABS, _LD_H_ABS, _LD_B_ABS, _LD_H_IND, _LD_B_IND = 0x20, 0x28, 0x30, 0x48, 0x50
-_LDX_MSH, _LDX_MEM, _ST = 0xB1, 0x61, 0x02
-_AND_K, _RSH_K, _ADD_X = 0x54, 0x74, 0x0C
+_LDX_MSH, _LDX_MEM, _LDX_IMM, _ST = 0xB1, 0x61, 0x01, 0x02
+_AND_K, _RSH_K, _ADD_X, _ADD_K = 0x54, 0x74, 0x0C, 0x04
 _JEQ_K, _JSET_K, _JGT_X, _RET_K = 0x15, 0x45, 0x2D, 0x06
 
 
@@ -87,47 +106,67 @@ def _assemble(prog: list[tuple[str | None, int, str | int, str | int, int]]
     return out
 
 
-def bpf_program(port: int, shadow: bool = False) -> list[tuple[int, int, int, int]]:
-    """IPv4 TCP, unfragmented, to ``port`` (and with ``shadow`` from it), carrying data or
-    SYN/FIN/RST; one copy of each packet (``lo`` shows every packet twice: keep the
-    incoming one; elsewhere answers are only seen outgoing)."""
-    p: list[tuple[str | None, int, str | int, str | int, int]] = []
-    if shadow:  # an ETH_P_ALL socket: not only IPv4
-        p += [(None, _LD_W_ABS, 0, 0, SKF_AD_PROTOCOL), (None, _JEQ_K, 0, "drop", ETH_P_IP)]
-    p += [
-        (None, _LD_B_ABS, 0, 0, 9),  # ip protocol
-        (None, _JEQ_K, 0, "drop", 6),
-        (None, _LD_H_ABS, 0, 0, 6),  # fragment offset
-        (None, _JSET_K, "drop", 0, 0x1FFF),
-        (None, _LDX_MSH, 0, 0, 0),  # X = ip header length
+def _tcp_to_port(port: int, shadow: bool, v6: bool, at: str
+                 ) -> list[tuple[str | None, int, str | int, str | int, int]]:
+    """One address family's part: TCP to ``port`` (with ``shadow`` also from it) carrying
+    data or SYN/FIN/RST. Labels are prefixed with ``at``; ends jump to accept/drop."""
+    if v6:  # fixed 40-byte header; extension headers are not followed (not mirrored)
+        head = [(f"{at}start", _LD_B_ABS, 0, 0, 6), (None, _JEQ_K, 0, "drop", 6),
+                (None, _LDX_IMM, 0, 0, 40)]
+        total = [(None, _LD_H_ABS, 0, 0, 4), (None, _ADD_K, 0, 0, 40)]  # 40 + payload
+    else:
+        head = [(f"{at}start", _LD_B_ABS, 0, 0, 9),  # ip protocol
+                (None, _JEQ_K, 0, "drop", 6),
+                (None, _LD_H_ABS, 0, 0, 6),  # fragment offset
+                (None, _JSET_K, "drop", 0, 0x1FFF),
+                (None, _LDX_MSH, 0, 0, 0)]  # X = ip header length
+        total = [(None, _LD_H_ABS, 0, 0, 2)]  # ip total length
+    p = head + [
         (None, _LD_H_IND, 0, 0, 2),  # tcp dport
-        (None, _JEQ_K, "in", "sport" if shadow else "drop", port),
+        (None, _JEQ_K, f"{at}in", f"{at}sport" if shadow else "drop", port),
     ]
     if shadow:
         p += [
-            ("sport", _LD_H_IND, 0, 0, 0),  # tcp sport: the target's answer
+            (f"{at}sport", _LD_H_IND, 0, 0, 0),  # tcp sport: the target's answer
             (None, _JEQ_K, 0, "drop", port),
             (None, _LD_W_ABS, 0, 0, SKF_AD_IFINDEX),
-            (None, _JEQ_K, "in", 0, LO_IFINDEX),
+            (None, _JEQ_K, f"{at}in", 0, LO_IFINDEX),
             (None, _LD_W_ABS, 0, 0, SKF_AD_PKTTYPE),
-            (None, _JEQ_K, "data", "drop", PACKET_OUTGOING),
+            (None, _JEQ_K, f"{at}data", "drop", PACKET_OUTGOING),
         ]
     p += [
-        ("in", _LD_W_ABS, 0, 0, SKF_AD_PKTTYPE),
+        (f"{at}in", _LD_W_ABS, 0, 0, SKF_AD_PKTTYPE),
         (None, _JEQ_K, "drop", 0, PACKET_OUTGOING),
-        ("data", _LD_B_IND, 0, 0, 13),  # tcp flags
+        (f"{at}data", _LD_B_IND, 0, 0, 13),  # tcp flags
         (None, _JSET_K, "accept", 0, FIN | SYN | RST),
         (None, _LD_B_IND, 0, 0, 12),  # tcp data offset << 4
         (None, _AND_K, 0, 0, 0xF0),
         (None, _RSH_K, 0, 0, 2),
         (None, _ADD_X, 0, 0, 0),  # ip + tcp header length
         (None, _ST, 0, 0, 0),
-        (None, _LD_H_ABS, 0, 0, 2),  # ip total length
+        *total,
         (None, _LDX_MEM, 0, 0, 0),
         (None, _JGT_X, "accept", "drop", 0),  # any payload?
-        ("accept", _RET_K, 0, 0, 0x40000),
-        ("drop", _RET_K, 0, 0, 0),
     ]
+    return p
+
+
+def bpf_program(port: int, shadow: bool = False, v6: bool = False
+                ) -> list[tuple[int, int, int, int]]:
+    """TCP, unfragmented, to ``port`` (and with ``shadow`` from it), carrying data or
+    SYN/FIN/RST; one copy of each packet (``lo`` shows every packet twice: keep the
+    incoming one; elsewhere answers are only seen outgoing). Without ``shadow`` the
+    program is for one family's socket (``v6``: ETH_P_IPV6, else ETH_P_IP); with it, for
+    an ETH_P_ALL socket, both families."""
+    p: list[tuple[str | None, int, str | int, str | int, int]] = []
+    if shadow:
+        p += [(None, _LD_W_ABS, 0, 0, SKF_AD_PROTOCOL),
+              (None, _JEQ_K, "4start", 0, ETH_P_IP),
+              (None, _JEQ_K, "6start", "drop", ETH_P_IPV6)]
+        p += _tcp_to_port(port, True, False, "4") + _tcp_to_port(port, True, True, "6")
+    else:
+        p += _tcp_to_port(port, False, v6, "6" if v6 else "4")
+    p += [("accept", _RET_K, 0, 0, 0x40000), ("drop", _RET_K, 0, 0, 0)]
     return _assemble(p)
 
 
@@ -187,15 +226,21 @@ class Flow:
     """One mirrored connection: in-order client payload to ``sock`` (a socketpair end);
     with shadow, the target's answers summarised too."""
 
-    def __init__(self, key: Key, isn: int, sock: socket.socket,
+    def __init__(self, key: Key, isn: int, sock: socket.socket | None,
                  on_done: Callable[[Flow], None], shadow: bool = False,
-                 dirty: set[Flow] | None = None) -> None:
+                 dirty: set[Flow] | None = None,
+                 matcher: RequestMatcher | None = None,
+                 opener: Callable[[], socket.socket | None] | None = None) -> None:
         self.key = key
         self.client = Half(isn)
         self.server: Half | None = None
         self.exchanges: Exchanges | None = Exchanges() if shadow else None
         self.answers: list[Summary] = []
-        self.sock = sock
+        self.sock = sock  # None: opened by `opener` at the first copied byte
+        self.opener = opener
+        self.matcher = matcher
+        self.framer = RequestFramer() if matcher is not None else None
+        self.copying = False  # filter: the current request matched
         self.pending = bytearray()
         self.done = False
         self._writer = False
@@ -219,7 +264,11 @@ class Flow:
             self.close("too many segments missing (packets lost under load)")
             return
         for chunk in data:
-            self.pending += chunk
+            if self.framer is not None:
+                if not self._judge(chunk):
+                    return
+            else:
+                self.pending += chunk
             if self.exchanges is not None:
                 self.exchanges.client(chunk)
         if self.pending:
@@ -229,6 +278,30 @@ class Flow:
                 self._flush()
         elif self.client.ended:
             self.close(None)
+
+    def _judge(self, chunk: bytes) -> bool:
+        """Filter mode: copy only the requests the filter matches. False: flow closed."""
+        assert self.framer is not None and self.matcher is not None
+        for ev in self.framer.feed(chunk):
+            if isinstance(ev, RequestHead):
+                self.copying = self.matcher.matches(ev)
+                if self.copying:
+                    self.pending += ev.raw
+            elif isinstance(ev, (Body, RequestEnd, Upgraded, Tunnel)):
+                if self.copying:
+                    self.pending += ev.raw
+            elif isinstance(ev, (H2Preface, Invalid)):
+                log.debug("mirror of %s:%d: not HTTP/1, nothing for the filter to judge",
+                          self.key[0], self.key[1])
+                self.close(None)
+                return False
+        if self.framer.paused:  # an upgrade request: its answer is the target's business
+            if not self.copying:
+                self.close(None)
+                return False
+            for ev in self.framer.upgrade_accepted():  # copy the rest as it comes
+                self.pending += ev.raw
+        return True
 
     def answer(self, seq: int, flags: int, payload: bytes) -> None:
         """A target -> client segment (shadow only)."""
@@ -248,6 +321,15 @@ class Flow:
             self.answers += self.exchanges.server(chunk)
 
     def _flush(self) -> None:
+        if self.sock is None:
+            if not self.pending:
+                if self.client.ended:
+                    self.close(None)
+                return
+            self.sock = self.opener() if self.opener is not None else None
+            if self.sock is None:
+                self.close(None)
+                return
         while self.pending:
             try:
                 n = self.sock.send(self.pending)
@@ -275,13 +357,14 @@ class Flow:
         self.done = True
         if reason:
             log.warning("mirror of %s:%d stopped: %s", self.key[0], self.key[1], reason)
-        if self._writer:
-            self.loop.remove_writer(self.sock.fileno())
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        self.sock.close()
+        if self.sock is not None:
+            if self._writer:
+                self.loop.remove_writer(self.sock.fileno())
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            self.sock.close()
         self._on_done(self)
 
 
@@ -294,8 +377,11 @@ class Sniffer:
     def __init__(self, port: int, new_flow: Callable[[Key], socket.socket | None],
                  shadow: bool = False,
                  on_answers: Callable[[Key, list[Summary]], None] | None = None,
-                 batch_delay: float = BATCH_DELAY) -> None:
+                 batch_delay: float = BATCH_DELAY,
+                 matcher: RequestMatcher | None = None) -> None:
         self.port = port
+        self.matcher = matcher if matcher is not None and matcher.applies_to_port(port) \
+            else None
         self.new_flow = new_flow
         self.shadow = shadow and on_answers is not None
         self.on_answers = on_answers
@@ -303,36 +389,42 @@ class Sniffer:
         self.flows: dict[Key, Flow] = {}
         self.dirty: set[Flow] = set()
         self.loop = asyncio.get_running_loop()
-        # Only ETH_P_ALL sockets see outgoing packets (the target's answers); an ETH_P_IP
-        # one is cheaper (no tap on everything the pod sends), so that is the default.
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM,
-                             socket.htons(ETH_P_ALL if self.shadow else ETH_P_IP))
+        # Only ETH_P_ALL sockets see outgoing packets (the target's answers); ETH_P_IP
+        # and ETH_P_IPV6 ones are cheaper (no tap on everything the pod sends), so those
+        # are the default: one per family.
+        kinds = [(ETH_P_ALL, False)] if self.shadow else [(ETH_P_IP, False), (ETH_P_IPV6, True)]
+        self.socks: list[socket.socket] = []
         try:
-            attach_filter(sock, bpf_program(port, self.shadow))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
-            sock.setblocking(False)
+            for proto, v6 in kinds:
+                sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(proto))
+                self.socks.append(sock)
+                attach_filter(sock, bpf_program(port, self.shadow, v6))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
+                sock.setblocking(False)
         except BaseException:
-            sock.close()
+            for sock in self.socks:
+                sock.close()
             raise
-        self.sock = sock
+        self.sock = self.socks[0]
         self.packets = 0
         self.closed = False
-        self._later: asyncio.TimerHandle | None = None
-        self.loop.add_reader(sock.fileno(), self._readable)
+        self._later: dict[int, asyncio.Handle] = {}
+        for sock in self.socks:
+            self.loop.add_reader(sock.fileno(), self._readable, sock)
 
-    def _readable(self) -> None:
+    def _readable(self, sock: socket.socket) -> None:
         if self.batch_delay <= 0:
-            self._drain()
+            self._drain(sock)
             return
-        self.loop.remove_reader(self.sock.fileno())
-        self._later = self.loop.call_later(self.batch_delay, self._drain)
+        self.loop.remove_reader(sock.fileno())
+        self._later[sock.fileno()] = self.loop.call_later(self.batch_delay, self._drain, sock)
 
-    def _drain(self) -> None:
-        self._later = None
+    def _drain(self, sock: socket.socket) -> None:
+        self._later.pop(sock.fileno(), None)
         if self.closed:
             return
         full = True
-        recv = self.sock.recv
+        recv = sock.recv
         for _ in range(BATCH_MAX):
             try:
                 data = recv(262144)
@@ -351,9 +443,9 @@ class Sniffer:
         self._end_batch()
         if self.batch_delay > 0:
             if full:
-                self._later = self.loop.call_soon(self._drain)  # type: ignore[assignment]
+                self._later[sock.fileno()] = self.loop.call_soon(self._drain, sock)
             else:
-                self.loop.add_reader(self.sock.fileno(), self._readable)
+                self.loop.add_reader(sock.fileno(), self._readable, sock)
 
     def _end_batch(self) -> None:
         dirty = list(self.dirty)  # flows hold this very set: empty it in place
@@ -371,10 +463,25 @@ class Sniffer:
             self.on_answers(flow.key, answers)
 
     def _packet(self, data: bytes) -> None:
-        if len(data) < 20 or data[0] >> 4 != 4 or data[9] != 6:
+        if len(data) < 20:
             return
-        ihl = (data[0] & 0xF) * 4
-        total = struct.unpack_from("!H", data, 2)[0]
+        version = data[0] >> 4
+        if version == 4:
+            if data[9] != 6:
+                return
+            ihl = (data[0] & 0xF) * 4
+            total = struct.unpack_from("!H", data, 2)[0]
+            src, dst = data[12:16], data[16:20]
+            ntop = socket.AF_INET
+        elif version == 6:
+            if len(data) < 40 or data[6] != 6:  # extension headers are not followed
+                return
+            ihl = 40
+            total = 40 + struct.unpack_from("!H", data, 4)[0]
+            src, dst = data[8:24], data[24:40]
+            ntop = socket.AF_INET6
+        else:
+            return
         if total < len(data):
             data = data[:total]
         if len(data) < ihl + 20:
@@ -385,13 +492,12 @@ class Sniffer:
         payload = data[ihl + off:]
         if dport != self.port:
             if sport == self.port and self.shadow:
-                key = (socket.inet_ntoa(data[16:20]), dport, socket.inet_ntoa(data[12:16]),
-                       sport)
+                key = (socket.inet_ntop(ntop, dst), dport, socket.inet_ntop(ntop, src), sport)
                 flow = self.flows.get(key)
                 if flow is not None:
                     flow.answer(seq, flags, payload)
             return
-        key = (socket.inet_ntoa(data[12:16]), sport, socket.inet_ntoa(data[16:20]), dport)
+        key = (socket.inet_ntop(ntop, src), sport, socket.inet_ntop(ntop, dst), dport)
         flow = self.flows.get(key)
         if flags & SYN and not flags & ACK:
             if flow is not None and flow.next == (seq + 1) & 0xFFFFFFFF:
@@ -402,10 +508,14 @@ class Sniffer:
                 log.warning("mirror of port %d: too many open flows, not mirroring %s:%d",
                             self.port, key[0], sport)
                 return
+            dirty = self.dirty if self.batch_delay > 0 else None
+            if self.matcher is not None:  # the copy opens at the first matching request
+                self.flows[key] = Flow(key, seq, None, self._flow_done, self.shadow, dirty,
+                                       self.matcher, lambda: self.new_flow(key))
+                return
             sock = self.new_flow(key)
             if sock is not None:
-                self.flows[key] = Flow(key, seq, sock, self._flow_done, self.shadow,
-                                       self.dirty if self.batch_delay > 0 else None)
+                self.flows[key] = Flow(key, seq, sock, self._flow_done, self.shadow, dirty)
             return
         if flow is not None:
             flow.segment(seq, flags, payload)
@@ -421,12 +531,13 @@ class Sniffer:
 
     def close(self) -> None:
         self.closed = True
-        if self._later is not None:
-            self._later.cancel()
-        try:
-            self.loop.remove_reader(self.sock.fileno())
-        except (ValueError, OSError):
-            pass
-        self.sock.close()
+        for handle in self._later.values():
+            handle.cancel()
+        for sock in self.socks:
+            try:
+                self.loop.remove_reader(sock.fileno())
+            except (ValueError, OSError):
+                pass
+            sock.close()
         for flow in list(self.flows.values()):
             flow.close(None)

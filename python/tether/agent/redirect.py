@@ -47,6 +47,7 @@ import re
 import socket
 import struct
 import threading
+from dataclasses import dataclass
 from typing import Self
 
 LIBNFTABLES = "libnftables.so.1"
@@ -167,6 +168,7 @@ class Redirector:
         self.table = table_name or f"tether_{os.getpid()}"
         self.skgid = skgid
         self._ports: dict[int, int] = {}
+        self._whole: set[int] = set()
         self._nft: _Nft | None = None
         if not _has_cap_net_admin():
             raise RedirectError(
@@ -197,6 +199,9 @@ class Redirector:
             nft.run(
                 f"add table {t} {{ flags owner; }}\n"
                 f"add map {t} redirects {{ type inet_service : inet_service; }}\n"
+                # The ports this agent steals whole (no filter): the other sessions on the
+                # target read it to apply their on_concurrent_steal.
+                f"add set {t} whole {{ type inet_service; }}\n"
                 f"add chain {t} prerouting {{ type nat hook prerouting priority "
                 f"{self.priority}; policy accept; }}\n"
                 f"add chain {t} output {{ type nat hook output priority {self.priority}; "
@@ -220,15 +225,26 @@ class Redirector:
         """The current redirects, ``{port: to_port}``."""
         return dict(self._ports)
 
-    def add(self, port: int, to_port: int) -> None:
-        """Redirect new TCP connections to local ``port`` to ``to_port`` (replaces atomically)."""
+    def add(self, port: int, to_port: int, whole: bool | None = None) -> None:
+        """Redirect new TCP connections to local ``port`` to ``to_port`` (replaces atomically).
+
+        ``whole``: the port is stolen without a filter (published for the other sessions,
+        see :meth:`others`); None keeps what was said before."""
         port, to_port = _port(port), _port(to_port)
+        t = f"inet {self.table}"
         cmds = ""
         if port in self._ports:
-            cmds += f"delete element inet {self.table} redirects {{ {port} }}\n"
-        cmds += f"add element inet {self.table} redirects {{ {port} : {to_port} }}\n"
+            cmds += f"delete element {t} redirects {{ {port} }}\n"
+        cmds += f"add element {t} redirects {{ {port} : {to_port} }}\n"
+        if whole is not None:
+            if port in self._whole and not whole:
+                cmds += f"delete element {t} whole {{ {port} }}\n"
+            elif whole and port not in self._whole:
+                cmds += f"add element {t} whole {{ {port} }}\n"
         self._context().run(cmds)
         self._ports[port] = to_port
+        if whole is not None:
+            (self._whole.add if whole else self._whole.discard)(port)
 
     def remove(self, port: int) -> None:
         """Stop redirecting ``port`` (a no-op if it is not redirected).
@@ -239,10 +255,32 @@ class Redirector:
         port = _port(port)
         if port not in self._ports:
             return
-        self._context().run(
-            f"delete element inet {self.table} redirects {{ {port} }}\n"
-        )
+        cmds = f"delete element inet {self.table} redirects {{ {port} }}\n"
+        if port in self._whole:
+            cmds += f"delete element inet {self.table} whole {{ {port} }}\n"
+        self._context().run(cmds)
         del self._ports[port]
+        self._whole.discard(port)
+
+    def others(self, port: int) -> list[OtherSteal]:
+        """The other agents in this namespace that steal ``port`` (a team chain, or a
+        session someone else started), read from their tables."""
+        found = []
+        for name in _tether_tables(self._context()):
+            if name == self.table:
+                continue
+            try:
+                redirects = self._context().run(f"list map inet {name} redirects\n")
+            except RedirectError:
+                continue  # it went away meanwhile
+            if port not in _elements(redirects):
+                continue
+            try:
+                whole = port in _elements(self._context().run(f"list set inet {name} whole\n"))
+            except RedirectError:
+                whole = False
+            found.append(OtherSteal(name, whole))
+        return found
 
     def ruleset(self) -> str:
         """The table as ``nft list table`` prints it (for logs and debugging)."""
@@ -280,21 +318,55 @@ def bypass(sock: socket.socket, mark: int | None = None) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, _process_mark if mark is None else mark)
 
 
+@dataclass(frozen=True)
+class OtherSteal:
+    """Another agent's steal of a port: its table (``tether_<agent pid>``) and whether it
+    takes the port whole (no filter)."""
+
+    table: str
+    whole: bool
+
+    @property
+    def agent_pid(self) -> int | None:
+        tail = self.table.rpartition("_")[2]
+        return int(tail) if tail.isdigit() else None
+
+
+def _tether_tables(nft: _Nft) -> list[str]:
+    names = []
+    for line in nft.run("list tables\n").splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[:2] == ["table", "inet"] and parts[2].startswith("tether_"):
+            names.append(parts[2])
+    return names
+
+
+def _elements(listing: str) -> set[int]:
+    """The ports in a set's or map's ``elements = { ... }`` (keys only for a map)."""
+    found = re.search(r"elements = \{([^}]*)\}", listing)
+    if not found:
+        return set()
+    ports = set()
+    for item in found.group(1).split(","):
+        key = item.split(":")[0].strip()
+        if key.isdigit():
+            ports.add(int(key))
+    return ports
+
+
 def _older_marks(nft: _Nft) -> set[int]:
     """The marks of the agents whose tables are already in this namespace."""
     marks: set[int] = set()
-    for line in nft.run("list tables\n").splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0] == "table" and parts[2].startswith("tether_"):
-            try:
-                listing = nft.run(f"list chain {parts[1]} {parts[2]} output\n")
-            except RedirectError:
-                continue  # it went away meanwhile
-            for group, single in _MARK_RE.findall(listing):
-                for item in (group or single).split(","):
-                    item = item.strip()
-                    if item:
-                        marks.add(int(item, 16))
+    for name in _tether_tables(nft):
+        try:
+            listing = nft.run(f"list chain inet {name} output\n")
+        except RedirectError:
+            continue  # it went away meanwhile
+        for group, single in _MARK_RE.findall(listing):
+            for item in (group or single).split(","):
+                item = item.strip()
+                if item:
+                    marks.add(int(item, 16))
     return marks
 
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import logging
 import os
 import re
 import shutil
 import stat
 import tempfile
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -60,6 +62,11 @@ LOCAL_CONTAINS = ("/node_modules/", "/__pycache__/", "/site-packages/", "/dist-p
                   "/.asdf/")
 # Read from the target even where a default would keep them local (DNS configuration).
 REMOTE_READ_ONLY = ("/etc/resolv.conf", "/etc/hosts", "/etc/hostname")
+# What a resolver that reads its configuration itself (Go's, a static libc's) reads: from
+# the target whenever DNS goes through the target, whatever feature.fs says.
+RESOLVER_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf")
+# decide()'s answers (the layer's FS_* values).
+LOCAL, REMOTE, ENOENT, EROFS = 0, 1, 2, 3
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _RELAY_CHUNK = 4 << 20
@@ -191,6 +198,52 @@ def _check_ere(ere: str, original: str) -> None:
     _libc.regfree(buf)
 
 
+_decide_lock = threading.Lock()
+
+
+@functools.cache
+def _layer_decision() -> Any:
+    """The layer's own decision function (csrc/files.c), for programs the layer cannot
+    reach: the seccomp supervisor decides their paths with the very same code."""
+    from cffi import FFI
+
+    ffi = FFI()
+    ffi.cdef("int tl_fs_decide_with(const char *config, const char *cwd, const char *path,"
+             " int write);")
+    return ffi.dlopen(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                   "libtether_layer.so"))
+
+
+def program_config(layer_config: str, exe: str) -> str:
+    """``layer_config`` with the program's own directory local, as the layer adds it for
+    the program it is loaded in (its executable's directory; the parent of a bin/)."""
+    where = os.path.dirname(exe)
+    if os.path.basename(where) == "bin":
+        where = os.path.dirname(where)
+    if not where.rstrip("/"):
+        return layer_config
+    entries = [e for e in layer_config.split(";") if e]
+    for i, entry in enumerate(entries):
+        if entry.startswith("fs_lt="):
+            entries[i] = entry + "," + _escape(where)
+            break
+    else:
+        entries.append("fs_lt=" + _escape(where))
+    return ";".join(entries)
+
+
+def decide(config: str, path: str, write: bool, resolver_files: bool = False) -> int:
+    """LOCAL, REMOTE, ENOENT or EROFS for an absolute ``path`` under ``config`` (a layer
+    config), exactly as the layer decides; ``resolver_files``: RESOLVER_FILES are read
+    from the target (DNS goes there)."""
+    if resolver_files and not write and path in RESOLVER_FILES:
+        return REMOTE
+    with _decide_lock:  # the C side keeps its table in a static
+        r = _layer_decision().tl_fs_decide_with(config.encode(), b"/", os.fsencode(path),
+                                                int(write))
+    return LOCAL if r < 0 else int(r)
+
+
 class Feature:
     """feature.fs for one session."""
 
@@ -245,7 +298,8 @@ class Feature:
         if self.fs.mode == "local":
             return {}
         return {"fs_open": self._open, "fs_stat": self._forward,
-                "fs_readlink": self._forward, "fs_realpath": self._forward}
+                "fs_readlink": self._forward, "fs_realpath": self._forward,
+                "fs_statfs": self._forward, "fs_change": self._change}
 
     async def stop(self) -> None:
         if self._shadow_root:
@@ -269,6 +323,12 @@ class Feature:
         reply = await self._agent(msg)
         reply.pop("id", None)
         return reply
+
+    async def _change(self, link: Link, msg: Message) -> Message:
+        """mkdir/rmdir/unlink/rename: both names of a rename are mapped."""
+        if msg["to"]:
+            msg = {**msg, "to": self.mapped(msg["to"])}
+        return await self._forward(link, msg)
 
     async def _open(self, link: Link, msg: Message) -> Message:
         if self.relay:

@@ -14,8 +14,17 @@ TETHER_INCOMING_RELAY=1: the subscription asks for relay streams; ``in_conn`` th
 stream number instead of carrying a descriptor, and the bytes travel over the agent link
 (:mod:`tether.relay`, shared with outgoing). The program's side is the same either way.
 
-Lifecycle: a port is unsubscribed when the process that listened ends, or at the first
-connection the program refuses (it stopped listening); the target serves it at once. A
+Listeners change hands: every bind of a served port is reported (``in_bind``), and a
+process that listens on or accepts from a socket it did not bind (a reloader's worker, a
+pre-forked or spawned worker, a socket passed over a Unix socket or by socket
+activation) *adopts* it (``in_listen`` with ``adopt``): its local port names the target
+port (from the bind, or another process's listen). A port stays subscribed while any
+process that listened on it, or bound it, is alive, so a worker replaced by a reload
+finds its port still stolen (connections wait in the listener's backlog meanwhile).
+
+Lifecycle: a port is unsubscribed when the last process that listened on it (or holds
+it bound) ends, or at the first connection the program refuses (it stopped listening);
+the target serves it at once. A
 subscription that breaks in the agent (``in_lost``) is re-established once, else the
 session ends with the reason: incoming traffic never stops silently.
 """
@@ -31,10 +40,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import (
+    limits,
     messages_incoming,  # noqa: F401  (registers the message types)
     relay,
 )
 from ..config import HttpFilter, IncomingConfig
+from ..http.mirror import Replay
 from ..link import Link, LinkClosed, RemoteError
 from ..pipe import pipe
 from ..protocol import Message
@@ -58,6 +69,16 @@ class Listener:
 
 
 @dataclass
+class Bound:
+    """A socket a process bound at ``local_port`` to serve target ``port``."""
+
+    port: int
+    want: int
+    local_port: int
+    link: Link
+
+
+@dataclass
 class PortSub:
     port: int
     listeners: list[Listener] = field(default_factory=list)
@@ -76,13 +97,22 @@ class Feature:
         self.cfg: IncomingConfig = orch.config.feature.network.incoming
         self.subs: dict[int, PortSub] = {}
         self.peers: dict[int, tuple[str, int]] = {}
+        self.binds: list[Bound] = []
         self.relays: set[asyncio.Task[None]] = set()
+        # in_unsubscribe calls in flight: the session ends only after the agent has served
+        # what the redirect already sent it (the agent drains before it answers).
+        self._unsubscribing: set[asyncio.Future[Message]] = set()
         self.stats = {"conns": 0, "refused": 0}
         self._fatal: asyncio.Future[str] | None = None
         self._lock = asyncio.Lock()
+        if self.cfg.mode != "off":  # a descriptor or two per relayed connection
+            limits.raise_nofile_limit()
         # Shadow testing (mirror only): compare the target's answers with the program's.
         self.shadow = None
-        if self.cfg.mode == "mirror" and self.cfg.shadow:
+        if self.cfg.mode == "mirror" and self.cfg.shadow and self.cfg.http_filter is not None:
+            log.warning("shadow: answers are not compared when an http_filter chooses what "
+                        "is mirrored (the target answers every request); mirroring only")
+        elif self.cfg.mode == "mirror" and self.cfg.shadow:
             from ..http import shadow as shadow_mod  # only then: ~15 ms of every start-up
 
             self.shadow = shadow_mod.Book()
@@ -107,7 +137,8 @@ class Feature:
         return out
 
     def layer_handlers(self) -> dict[str, Any]:
-        return {"in_listen": self._in_listen, "in_peer": self._in_peer}
+        return {"in_listen": self._in_listen, "in_peer": self._in_peer,
+                "in_bind": self._in_bind}
 
     async def watch(self) -> str:
         self._fatal = asyncio.get_running_loop().create_future()
@@ -119,7 +150,9 @@ class Feature:
             self.subs.pop(port, None)
             if agent is not None and not agent.closed.is_set():
                 with contextlib.suppress(LinkClosed, RemoteError, asyncio.TimeoutError):
-                    await agent.call({"t": "in_unsubscribe", "port": port}, timeout=1)
+                    await agent.call({"t": "in_unsubscribe", "port": port}, timeout=2)
+        if self._unsubscribing:
+            await asyncio.wait(set(self._unsubscribing), timeout=2)
         for task in list(self.relays):
             task.cancel()
         if self.shadow is not None:
@@ -133,7 +166,7 @@ class Feature:
     # ---- layer requests ----
     def _spec(self, port: int) -> dict[str, Any] | None:
         c = self.cfg
-        if c.mode != "steal" or c.http_filter is None:
+        if c.mode == "off" or c.http_filter is None:
             return None
         spec = filter_spec(c.http_filter)
         if c.http_filter_ports is not None:
@@ -150,15 +183,55 @@ class Feature:
             msg["relay"] = True
         if self.shadow is not None:
             msg["shadow"] = True
+        if self.cfg.mode == "steal":
+            msg["on_concurrent_steal"] = self.cfg.on_concurrent_steal
         spec = self._spec(port)
         if spec is not None:
             msg["filter"] = spec
         await agent.call(msg, timeout=10)
 
+    async def _in_bind(self, link: Link, msg: Message) -> Message:
+        bound = Bound(int(msg["port"]), int(msg["want"]), int(msg["local_port"]), link)
+        self.binds.append(bound)
+        asyncio.get_running_loop().create_task(self._watch_bind(bound))
+        return {"t": "in_bind_reply"}
+
+    async def _watch_bind(self, bound: Bound) -> None:
+        await bound.link.closed.wait()
+        with contextlib.suppress(ValueError):
+            self.binds.remove(bound)  # a listener it held ends with its link (_watch_session)
+
+    def _holder(self, port: int, local_port: int | None) -> Bound | None:
+        """A live process holding a socket bound for target ``port`` (at ``local_port``)."""
+        for b in self.binds:
+            if b.port == port and (local_port is None or b.local_port == local_port) and \
+                    not b.link.closed.is_set():
+                return b
+        return None
+
+    def _adopted_port(self, msg: Message) -> tuple[int, int]:
+        """(target port, port getsockname reports) of a listener a process did not bind."""
+        local = int(msg["local_port"])
+        for b in reversed(self.binds):
+            if b.local_port == local:
+                return b.port, b.want
+        for sub in self.subs.values():
+            if any(lst.port == local for lst in sub.listeners):
+                return sub.port, sub.port
+        guess = int(msg["port"])
+        return guess, guess
+
     async def _in_listen(self, link: Link, msg: Message) -> Message:
         port = int(msg["port"])
         if self.cfg.mode == "off":
             return {"t": "in_listen_reply", "ok": False}
+        want = port
+        if msg.get("adopt"):
+            port, want = self._adopted_port(msg)
+            if port <= 0:
+                return {"t": "in_listen_reply", "ok": False}
+            log.debug("a process adopts the listener on local port %s (port %d)",
+                      msg["local_port"], port)
         listener = Listener(str(msg["addr"]), int(msg["local_port"]), int(msg["family"]), link)
         async with self._lock:
             sub = self.subs.get(port)
@@ -175,7 +248,7 @@ class Feature:
                          " (relayed over the agent link)" if self._relayed() else "")
             sub.listeners.append(listener)
         asyncio.get_running_loop().create_task(self._watch_session(link, port, listener))
-        return {"t": "in_listen_reply", "ok": True}
+        return {"t": "in_listen_reply", "ok": True, "port": port, "want": want}
 
     async def _watch_session(self, link: Link, port: int, listener: Listener) -> None:
         await link.closed.wait()
@@ -183,8 +256,20 @@ class Feature:
         if sub is None or listener not in sub.listeners:
             return
         sub.listeners.remove(listener)
-        if not sub.listeners:
-            await self._drop(port, "the process that listened has ended")
+        if sub.listeners:
+            return
+        holder = self._holder(port, listener.port)
+        if holder is not None:
+            # The socket lives on in the process that bound it (a reloader between two
+            # workers): connections queue in its backlog until the next worker accepts.
+            log.info("port %d: the worker that listened has ended; the listener stays "
+                     "(held by the process that bound it)", port)
+            kept = Listener(listener.addr, listener.port, listener.family, holder.link)
+            sub.listeners.append(kept)
+            asyncio.get_running_loop().create_task(
+                self._watch_session(holder.link, port, kept))
+            return
+        await self._drop(port, "the process that listened has ended")
 
     async def _drop(self, port: int, why: str) -> None:
         if self.subs.pop(port, None) is None:
@@ -192,8 +277,12 @@ class Feature:
         log.info("port %d: %s; the target serves it again", port, why)
         agent = self.orch.agent
         if agent is not None and not agent.closed.is_set():
+            call = asyncio.ensure_future(
+                agent.call({"t": "in_unsubscribe", "port": port}, timeout=2))
+            self._unsubscribing.add(call)
+            call.add_done_callback(self._unsubscribing.discard)
             with contextlib.suppress(LinkClosed, RemoteError, asyncio.TimeoutError):
-                await agent.call({"t": "in_unsubscribe", "port": port}, timeout=2)
+                await call
 
     async def _in_peer(self, link: Link, msg: Message) -> Message:
         peer = self.peers.get(int(msg["port"]))
@@ -227,10 +316,13 @@ class Feature:
             return {"t": "in_conn_reply", "ok": False}
         self.stats["conns"] += 1
         mirror = msg["mode"] == "mirror"
-        shadow_key = ((port, str(msg["peer_addr"]), int(msg["peer_port"]))
-                      if mirror and self.shadow is not None else None)
-        task = asyncio.get_running_loop().create_task(
-            self._relay(remote, *local, mirror, shadow_key))
+        peer = (str(msg["peer_addr"]), int(msg["peer_port"]))
+        if mirror:
+            shadow_key = (port, *peer) if self.shadow is not None else None
+            coro = self._mirror_relay(remote, *local, port, peer, shadow_key)
+        else:
+            coro = self._relay(remote, *local, False)
+        task = asyncio.get_running_loop().create_task(coro)
         self.relays.add(task)
         task.add_done_callback(self.relays.discard)
         return {"t": "in_conn_reply", "ok": True}
@@ -259,8 +351,22 @@ class Feature:
             self.shadow.ended(key, "local")
         sock, lport = local
         table = relay.table(link)
+        if msg["mode"] == "mirror":
+            # The copy goes through the same replaying relay as in fd mode: the relay
+            # stream writes into one end of a socketpair, the mirror relay reads the other.
+            ours, theirs = socket.socketpair()
+            ours.setblocking(False)
+            stream = relay.RelayStream(conn, theirs, link.send, table.done, started=False,
+                                       discard=True)
+            table.add(stream)
+            task = asyncio.get_running_loop().create_task(self._mirror_relay(
+                ours, sock, lport, port, (str(msg["peer_addr"]), int(msg["peer_port"])),
+                None))
+            self.relays.add(task)
+            task.add_done_callback(self.relays.discard)
+            return {"t": "in_conn_reply", "ok": True}
         stream = relay.RelayStream(conn, sock, link.send, table.done, started=False,
-                                   discard=msg["mode"] == "mirror")
+                                   discard=False)
         table.add(stream, on_done=lambda: self.peers.pop(lport, None))
         return {"t": "in_conn_reply", "ok": True}
 
@@ -339,6 +445,15 @@ class Feature:
                     self.shadow.skip(shadow_key, ex.broken)
                 self.shadow.ended(shadow_key, "local")
 
+    async def _mirror_relay(self, remote: socket.socket, local: socket.socket, lport: int,
+                            port: int, peer: tuple[str, int],
+                            shadow_key: tuple[int, str, int] | None) -> None:
+        """Copy a mirrored stream to the program and drop its answers. When the program
+        closes its copy connection (Werkzeug does after every answer), unanswered requests
+        go again on a new connection at once, later ones open the next connection when
+        they come (:class:`tether.http.mirror.Replay`)."""
+        await MirrorCopy(self, remote, local, lport, port, peer, shadow_key).run()
+
     async def _in_shadow(self, link: Link, msg: Message) -> None:
         """The target's answers on a mirrored connection (summaries), or its end."""
         if self.shadow is None:
@@ -363,3 +478,131 @@ class Feature:
         except (TimeoutError, RemoteError, LinkClosed) as exc:
             self._end(f"lost the {self.cfg.mode} of port {port} and could not restore it: {exc}")
         return None
+
+
+class MirrorCopy:
+    """One mirrored client connection delivered to the local program, over as many copy
+    connections as the program needs (it may close each one after an answer)."""
+
+    def __init__(self, feature: Feature, remote: socket.socket, local: socket.socket,
+                 lport: int, port: int, peer: tuple[str, int],
+                 shadow_key: tuple[int, str, int] | None) -> None:
+        self.f = feature
+        self.remote = remote
+        self.local: socket.socket | None = local
+        self.lports = [lport]
+        self.port = port
+        self.peer = peer
+        self.shadow_key = shadow_key
+        self.replay = Replay()
+        self.ex: Any = None
+        if shadow_key is not None and feature.shadow is not None:
+            from ..http import shadow as shadow_mod
+
+            self.ex = shadow_mod.Exchanges()
+        self.lock = asyncio.Lock()  # one writer at a time on the copy connection
+        self.eof = False  # the client's side of the copy ended
+        self.opened = asyncio.Event()  # a new copy connection for the answers reader
+        self.loop = asyncio.get_running_loop()
+
+    async def run(self) -> None:
+        reader = self.loop.create_task(self._copy_in())
+        try:
+            await self._answers()
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            for p in self.lports:
+                self.f.peers.pop(p, None)
+            self.remote.close()
+            if self.local is not None:
+                self.local.close()
+            self._finish()
+
+    def _finish(self) -> None:
+        if self.replay.lost:
+            log.warning("mirror of %s:%d: %d request(s) not delivered (the local program "
+                        "closed without answering)", *self.peer, self.replay.lost)
+        shadow, key, ex = self.f.shadow, self.shadow_key, self.ex
+        if ex is not None and shadow is not None and key is not None:
+            if ex.broken is not None:
+                shadow.skip(key, ex.broken)
+            shadow.ended(key, "local")
+
+    async def _send(self, data: bytes) -> None:
+        """Write to the current copy connection (caller holds the lock). A failed write
+        is the answers reader's business: it sees the close and replays."""
+        if self.local is None:
+            if self.replay.plain is not None or not await self._open():
+                return
+            data = self.replay.backlog()  # includes `data`
+        with contextlib.suppress(OSError):
+            await self.loop.sock_sendall(self.local, data)
+
+    async def _open(self) -> bool:
+        sub = self.f.subs.get(self.port)
+        new = await self.f._connect_local(sub, self.peer) if sub is not None else None
+        if new is None:
+            log.debug("mirror of %s:%d: the local program takes no new copy connection",
+                      *self.peer)
+            return False
+        self.local, lport = new
+        self.lports.append(lport)
+        self.opened.set()
+        log.debug("mirror of %s:%d: the local program closed its copy; a new connection "
+                  "carries the rest", *self.peer)
+        return True
+
+    async def _copy_in(self) -> None:
+        try:
+            while True:
+                data = await self.loop.sock_recv(self.remote, READ_SIZE)
+                if not data:
+                    break
+                async with self.lock:
+                    self.replay.client(data)
+                    if self.ex is not None:
+                        self.ex.client(data)
+                    await self._send(data)
+        except OSError:
+            pass
+        async with self.lock:
+            self.eof = True
+            if self.local is not None:
+                with contextlib.suppress(OSError):
+                    self.local.shutdown(socket.SHUT_WR)
+            self.opened.set()  # wakes the answers reader if it waits for a connection
+
+    async def _answers(self) -> None:
+        shadow = self.f.shadow
+        while True:
+            sock = self.local
+            if sock is None:
+                return
+            try:
+                while True:
+                    data = await self.loop.sock_recv(sock, READ_SIZE)
+                    if not data:
+                        break
+                    self.replay.answer(data)
+                    ex = self.ex
+                    if ex is not None and ex.broken is None and shadow is not None:
+                        shadow.add(self.shadow_key, "local", ex.server(data))
+            except OSError:
+                pass
+            async with self.lock:
+                sock.close()
+                self.local = None
+                self.opened.clear()
+                if self.replay.closed():  # requests wait for an answer: a new one now
+                    if not await self._open():
+                        return
+                    await self._send(self.replay.backlog())
+                    if self.eof:
+                        with contextlib.suppress(OSError):
+                            self.local.shutdown(socket.SHUT_WR)
+                    continue
+                if self.eof or self.replay.plain is not None:
+                    return
+            await self.opened.wait()  # the client's next request opens the next one

@@ -7,6 +7,7 @@ Every target gives the orchestrator the same thing: an authenticated link to an 
 from __future__ import annotations
 
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -22,6 +23,10 @@ class TargetError(Exception):
 class AgentConnection:
     sock: socket.socket
     description: str
+    # A new connection to the same agent after this one dropped (tether.reconnect); None
+    # when a dropped connection means the agent is gone (a process target's socketpair).
+    # Raises TargetError when the agent or the target is really gone.
+    reconnect: Callable[[], Awaitable[socket.socket]] | None = None
 
 
 class Target(Protocol):

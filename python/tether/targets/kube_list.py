@@ -57,10 +57,13 @@ def list_targets(api: KubeApi, namespace: str) -> list[str]:
             if kind == "rollout" and "not found" in text:
                 continue  # Argo Rollouts is not installed in this cluster
             errors.append(text)
-            log.warning("%s", text)
             continue
         for item in items:
             found.extend(_paths(kind, item))
-    if errors and not found:
-        raise TargetError(errors[0])
+    if errors and not found:  # one error, not one line per kind that failed
+        raise TargetError(errors[0] if len(errors) == 1 else
+                          f"{errors[0]} (and {len(errors) - 1} more kinds of target could "
+                          "not be listed either)")
+    for text in errors:  # some kinds listed: say which could not be
+        log.warning("%s", text)
     return sorted(found, key=lambda p: ([k for k, *_ in LISTED].index(p.split("/")[0]), p))

@@ -8,8 +8,9 @@ between that end and one end of a loopback TCP pair; the other end goes to the L
 Connecting is retried transparently until the agent has answered once: bytes sent before
 the first byte comes back (the ``auth`` frame) are kept and replayed on a new
 port-forward, which covers the moment between "container running" and "agent listening".
-After that a drop is final: ``on_drop(reason)`` is called (the session then ends with that
-reason) and the Link's socket is closed a moment later.
+After that a drop closes the Link's socket: the link to the agent is interrupted and
+``tether.reconnect`` makes a new Bridge and re-authenticates.  ``on_drop(reason)`` is
+called only when the first connection never got through (the session then ends).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Bridge:
         self._remote: socket.socket | None = None
         self._stopped = False
         self._thread: threading.Thread | None = None
+        self.dropped_reason = ""
 
     def start(self, first_forward: Any) -> socket.socket:
         self._attach(first_forward)
@@ -144,16 +146,24 @@ class Bridge:
             reason = reason or str(exc)
         finally:
             self._close_forward()
-            if not self._stopped and reason:
+            if not self._stopped and reason and not answered:
                 self.on_drop(f"lost the connection to the agent in {self.what} "
                              f"({reason}); run the command again to start a new session")
                 time.sleep(1.0)  # let the session end with this reason, not "peer closed"
+            elif reason:
+                log.debug("port-forward to %s closed: %s", self.what, reason)
+                self.dropped_reason = reason
             try:
                 self._local.close()
             except OSError:
                 pass
 
-    def stop(self) -> None:
+    def stop(self, flush: float = 0.0) -> None:
+        """End the bridge; with ``flush``, first give the pump that long to pass on what the
+        orchestrator wrote before it closed the link (its ``link_close``)."""
+        thread = self._thread
+        if flush and thread is not None and thread is not threading.current_thread():
+            thread.join(flush)
         self._stopped = True
         try:
             self._local.shutdown(socket.SHUT_RDWR)

@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import os
 import time
+from typing import Any
 
 from ..config import Config, IncomingConfig
 from . import AgentConnection, TargetError, kube_agent
@@ -112,7 +113,14 @@ class TargetlessTarget(KubernetesTarget):
         log.info("agent running; connecting through the API server's port-forward")
         sock = await asyncio.to_thread(self._connect, deadline)
         return AgentConnection(sock, f"tether-agent (job/{self.plan.name}, targetless) in "
-                                     f"pod/{self._agent_pod} (namespace {self.namespace})")
+                                     f"pod/{self._agent_pod} (namespace {self.namespace})",
+                               reconnect=self.reconnect_agent)
+
+    async def reconnect_agent(self) -> Any:
+        try:
+            return await super().reconnect_agent()
+        except TargetError as exc:
+            raise TargetError(str(exc).replace("target pod/", "the agent's pod/", 1)) from None
 
     async def wait_gone(self) -> str:
         reason = await super().wait_gone()

@@ -83,7 +83,21 @@ class KubernetesTarget:
         sock = await asyncio.to_thread(self._connect, deadline)
         where = (f"ephemeral container {self.plan.name}" if self.agent_cfg.ephemeral
                  else f"job/{self.plan.name}")
-        return AgentConnection(sock, f"tether-agent ({where}) in {self.pod.describe()}")
+        return AgentConnection(sock, f"tether-agent ({where}) in {self.pod.describe()}",
+                               reconnect=self.reconnect_agent)
+
+    async def reconnect_agent(self) -> Any:
+        """A new port-forward to the agent after the last one dropped (tether.reconnect);
+        TargetError when the agent or the target pod is gone for good."""
+        gone = await asyncio.to_thread(self._pod_gone)
+        if gone:
+            raise TargetError(gone)
+        kind, _reason, _message = await asyncio.to_thread(self._agent_state)
+        if kind == "terminated":
+            raise TargetError(f"the agent exited ({await self.agent_failure()})")
+        if self._bridge is not None:
+            self._bridge.stop()
+        return await asyncio.to_thread(self._connect, time.monotonic() + 5.0, True)
 
     async def agent_failure(self) -> str:
         return await asyncio.to_thread(self._failure_reason)
@@ -105,7 +119,7 @@ class KubernetesTarget:
 
     async def stop_agent(self) -> None:
         if self._bridge is not None:
-            self._bridge.stop()
+            await asyncio.to_thread(self._bridge.stop, 1.0)
         if self._job is not None:
             job, self._job = self._job, None
             try:
@@ -230,7 +244,7 @@ class KubernetesTarget:
         assert self.pod is not None and self.plan is not None
         return self.api.portforward(self.pod.namespace, self.pod.name, self.plan.port)
 
-    def _connect(self, deadline: float) -> Any:
+    def _connect(self, deadline: float, again: bool = False) -> Any:
         from kubernetes.client.rest import ApiException
 
         assert self.pod is not None and self.plan is not None
@@ -246,7 +260,8 @@ class KubernetesTarget:
             raise TargetError(f"cannot open a port-forward to pod/{self.pod.name}: "
                               f"{reason}") from None
         self._bridge = Bridge(self._open_forward, self.plan.port,
-                              connect_deadline=deadline, on_drop=self._on_drop,
+                              connect_deadline=deadline,
+                              on_drop=(lambda _reason: None) if again else self._on_drop,
                               what=f"pod/{self.pod.name}")
         return self._bridge.start(forward)
 

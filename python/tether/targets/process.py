@@ -14,18 +14,27 @@ round trips").  The fork happens before the orchestrator's event loop exists
 
 from __future__ import annotations
 
-import asyncio
 import gc
-import logging
 import os
 import shutil
 import signal
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 from . import AgentConnection, TargetError
 
-log = logging.getLogger("tether")
+if TYPE_CHECKING:
+    import asyncio
+    import logging
+
+
+# asyncio and logging are imported where they are used: tether exec checks this target
+# before the fork, on the path to the program's first instruction, and needs neither.
+def _log() -> logging.Logger:
+    import logging
+
+    return logging.getLogger("tether")
 
 
 def agent_command() -> list[str]:
@@ -51,6 +60,8 @@ def _set_title(title: str) -> None:
 def _reset_for_agent(stderr_fd: int, keep: int) -> None:
     """In the forked agent: a fresh session, our stdio, no descriptor or handler of the
     orchestrator's, logging as a new process has it."""
+    import logging
+
     os.setsid()
     # Objects inherited from the orchestrator are never collected here: one of them closing
     # "its" descriptor number later could close one of the agent's.
@@ -77,6 +88,26 @@ def _reset_for_agent(stderr_fd: int, keep: int) -> None:
     logging.getLogger().setLevel(logging.WARNING)
 
 
+PF_KTHREAD = 0x00200000  # linux/sched.h: the process is a kernel thread
+
+
+def _is_kernel_thread(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return bool(int(fields[6]) & PF_KTHREAD)  # flags, field 9 of stat
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
 class ProcessTarget:
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -96,6 +127,11 @@ class ProcessTarget:
     def check(self) -> None:
         if self.pid <= 0 or not os.path.exists(f"/proc/{self.pid}"):
             raise TargetError(f"target process/{self.pid}: no such process")
+        if _is_kernel_thread(self.pid):
+            raise TargetError(
+                f"target process/{self.pid} is a kernel thread ({_comm(self.pid)}): it has no "
+                "environment, files or program of its own; pick the pid of the application "
+                "(e.g. from `ps -ef`)")
         try:
             os.stat(f"/proc/{self.pid}/ns/net")
             with open(f"/proc/{self.pid}/environ", "rb"):
@@ -105,10 +141,28 @@ class ProcessTarget:
                 f"target process/{self.pid}: permission denied reading its namespaces and "
                 "environment; run tether as root (or with CAP_SYS_ADMIN and CAP_SYS_PTRACE)"
             ) from None
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             raise TargetError(f"target process/{self.pid}: no such process") from None
+        except OSError as exc:
+            raise TargetError(
+                f"target process/{self.pid}: cannot be used: {exc.strerror}") from None
+
+    def environ(self) -> dict[str, str]:
+        """The target's environment, read here: the same file the agent would read, one
+        round trip (and the agent's start-up) off the program's start."""
+        from ..agent.server import read_environ
+
+        try:
+            return read_environ(self.pid)
+        except (FileNotFoundError, ProcessLookupError):
+            raise TargetError(f"target process {self.pid} has exited") from None
+        except PermissionError:
+            raise TargetError(f"cannot read the environment of process {self.pid}: "
+                              "permission denied") from None
 
     async def _pump_stderr(self, stream: asyncio.StreamReader) -> None:
+        log = _log()
+
         while line := await stream.readline():
             text = line.decode(errors="replace").rstrip()
             self._stderr_lines.append(text)
@@ -124,6 +178,8 @@ class ProcessTarget:
     # ---- the forked agent ----
     def prestart_agent(self, secret: str, log_level: str) -> None:
         """Fork the agent now (no event loop yet); ``start_agent`` then picks it up."""
+        log = _log()
+
         if self._conn is not None or os.environ.get("TETHER_AGENT_EXEC") == "1":
             return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -165,6 +221,8 @@ class ProcessTarget:
         log.debug("started agent: pid %d (forked)", pid)
 
     def _on_agent_exit(self) -> None:
+        import asyncio
+
         loop = asyncio.get_running_loop()
         loop.remove_reader(self._pidfd)
         try:
@@ -177,12 +235,16 @@ class ProcessTarget:
             self._exit.set_result(code)
 
     async def _wait_forked(self) -> int:
+        import asyncio
+
         if self._exit_code is not None:
             return self._exit_code
         assert self._exit is not None
         return await asyncio.shield(self._exit)
 
     async def start_agent(self, secret: str, log_level: str) -> AgentConnection:
+        import asyncio
+
         self.prestart_agent(secret, log_level)
         if self._conn is not None:
             loop = asyncio.get_running_loop()
@@ -198,6 +260,9 @@ class ProcessTarget:
 
     # ---- the tether-agent program (TETHER_AGENT_EXEC=1) ----
     async def _exec_agent(self, secret: str, log_level: str) -> AgentConnection:
+        import asyncio
+        log = _log()
+
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = dict(os.environ)
         env["TETHER_AGENT_SECRET"] = secret
@@ -218,6 +283,8 @@ class ProcessTarget:
 
     async def agent_failure(self) -> str:
         """Wait for the agent to exit; return the reason it gave."""
+        import asyncio
+
         if self._agent_pid:
             code = await self._wait_forked()
         else:
@@ -231,6 +298,8 @@ class ProcessTarget:
         return f"agent exited with status {code}"
 
     async def wait_gone(self) -> str:
+        import asyncio
+
         try:
             pidfd = os.pidfd_open(self.pid)
         except ProcessLookupError:
@@ -246,6 +315,8 @@ class ProcessTarget:
         return f"target process {self.pid} has exited"
 
     async def stop_agent(self) -> None:
+        import asyncio
+
         if self._agent_pid:
             await self._stop_forked()
             return
@@ -260,6 +331,8 @@ class ProcessTarget:
             await proc.wait()
 
     async def _stop_forked(self) -> None:
+        import asyncio
+
         if self._exit_code is None:
             try:
                 os.kill(self._agent_pid, signal.SIGTERM)

@@ -3,7 +3,6 @@ whatever it is written in, while its own code and the machine's libraries stay l
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import sys
@@ -65,12 +64,14 @@ def test_file_missing_on_the_target_is_enoent_not_the_local_copy(tether, app, fs
     assert "No such file" in res.stderr or "ENOENT" in res.stderr
 
 
-def test_read_mode_refuses_writes_with_erofs(tether, app):
-    script = (f"import errno\ntry:\n    open({str(app.dir / 'new.txt')!r}, 'w')\n"
-              f"except OSError as e:\n    print(errno.errorcode[e.errno])\n")
+def test_read_mode_writes_go_to_this_machine_not_the_target(tether, app):
+    """mirrord's read mode: an open for writing of a remote path opens the local path
+    (its file filter answers `Bypass::ReadOnly`, so libc's own open runs here)."""
+    script = f"open({app.conf!r}, 'w').write('written here')"
     res = tether(app.pod, [sys.executable, "-c", script])
-    assert res.stdout.strip() == errno.errorcode[errno.EROFS], res.stderr
-    assert not (app.pod.root / str(app.dir / "new.txt").lstrip("/")).exists()
+    assert res.returncode == 0, res.stderr
+    assert open(app.conf).read() == "written here"
+    assert (app.pod.root / app.conf.lstrip("/")).read_text() == "remote copy\n"
 
 
 def test_write_mode_writes_land_on_the_target(tether, app):
@@ -123,7 +124,9 @@ def test_relay_without_descriptor_passing_gives_a_readonly_copy(tether, app):
               f"try:\n    open({app.conf!r}, 'a')\nexcept OSError as e:\n"
               f"    out['write'] = errno.errorcode[e.errno]\n"
               "print(json.dumps(out))\n")
-    res = tether(app.pod, [sys.executable, "-c", script], env={"TETHER_FS_RELAY": "1"})
+    # write mode: a write open would go to the target, which the relay cannot do
+    res = tether(app.pod, [sys.executable, "-c", script], env={"TETHER_FS_RELAY": "1"},
+                 config={"feature": {"fs": "write"}})
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout) == {"read": "remote copy\n", "list": ["app.conf", "secret.txt"],
                                       "size": 1234, "write": "EROFS"}

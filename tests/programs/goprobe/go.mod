@@ -1,0 +1,3 @@
+module tether.test/goprobe
+
+go 1.19
