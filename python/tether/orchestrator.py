@@ -182,9 +182,13 @@ class Orchestrator:
 
     def _layer_config_needs_agent(self) -> bool:
         """Host names in the outgoing filter become the addresses the agent resolves them
-        to (features/outgoing.py): the layer's table waits for the agent then."""
+        to (features/outgoing.py), and the target's hostname comes from the agent
+        (features/hostname.py) when the target has a UTS namespace of its own: the layer's
+        table waits for the agent then."""
         flt = self.config.feature.network.outgoing.filter
-        return flt is not None and any(getattr(e, "host", None) for e in flt.entries)
+        if flt is not None and any(getattr(e, "host", None) for e in flt.entries):
+            return True
+        return bool(self.config.feature.hostname) and not _shares_our_uts(self.target)
 
     async def _agent_failure_reason(self, exc: BaseException) -> str:
         failure = getattr(self.target, "agent_failure", None)
@@ -401,3 +405,16 @@ async def _wait_pid(pid: int) -> None:
 
 
 __all__ = ["Orchestrator", "RemoteError"]
+
+
+def _shares_our_uts(target: Any) -> bool:
+    """Whether the target's hostname is ours (same UTS namespace); unknown is False."""
+    pid = getattr(target, "pid", None)
+    if not isinstance(pid, int):
+        return False
+    try:
+        theirs = os.stat(f"/proc/{pid}/ns/uts")
+        ours = os.stat("/proc/self/ns/uts")
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
