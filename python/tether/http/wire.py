@@ -162,11 +162,11 @@ def parse_request_head(buf: bytes | bytearray, start: int, end: int) -> RequestI
     version = b"1.1" if minor == b"1" else b"1.0"
     length = 0
     tunnel = method == b"CONNECT"
-    if target[:1] == b"/":
-        pass
-    elif tunnel:
+    if tunnel:
         if _AUTHORITY.fullmatch(target) is None:
             raise Bad(f"CONNECT target {target[:80]!r} is not host:port")
+    elif target[:1] == b"/":
+        pass
     elif target == b"*":
         if method != b"OPTIONS":
             raise Bad("request target * is only for OPTIONS")
