@@ -129,6 +129,7 @@ class Router:
         self.sides: dict[str, _Side] = {}
         self._done: asyncio.Future[None] | None = None
         self._opening: set[asyncio.Task[None]] = set()
+        self._debug = log.isEnabledFor(logging.DEBUG)  # a verdict per request is logged
 
     @property
     def routed(self) -> dict[str, int]:
@@ -188,7 +189,7 @@ class Router:
                 if t is not None:
                     t.write(c.data)
             elif kind is Routed:
-                if log.isEnabledFor(logging.DEBUG):
+                if self._debug:
                     log.debug("%s: %s %s -> %s", self.name, c.method.decode("latin-1"),
                               c.target[:200].decode("latin-1"), c.side)
             elif kind is Reading:
