@@ -302,7 +302,7 @@ http {{
   client_body_temp_path {root}/body; proxy_temp_path {root}/proxy;
   fastcgi_temp_path {root}/fcgi; uwsgi_temp_path {root}/uwsgi; scgi_temp_path {root}/scgi;
   keepalive_requests 1000000;
-  server {{ listen {bind}:{port} reuseport; location / {{ return 200 "{message}\\n"; }} }}
+  server {{ listen {bind}:{port}; location / {{ return 200 "{message}\\n"; }} }}
 }}
 """
 WRK_CONNECTIONS = 4
@@ -334,8 +334,14 @@ def wrk(url: str, seconds: float) -> dict[str, float]:
                          check=True).stdout
     rps = re.search(r"Requests/sec:\s*([0-9.]+)", out)
     p50 = re.search(r"^\s*50%\s+([0-9.]+)(us|ms|s)\s*$", out, re.M)
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: .*", out)
-    if rps is None or p50 is None or errors is not None:
+    total = re.search(r"(\d+) requests in", out)
+    wrong = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), "
+                       r"timeout (\d+)", out)
+    broken = sum(map(int, errors.groups())) if errors else 0
+    # A wrong answer fails the run; a few connection errors on a loaded machine do not.
+    if (rps is None or p50 is None or total is None or wrong is not None
+            or broken > max(10, int(total.group(1)) // 100)):
         raise RuntimeError(f"wrk against {url} failed:\n{out}")
     return {"rps": float(rps.group(1)), "p50": float(p50.group(1)) * _UNITS[p50.group(2)]}
 
