@@ -46,10 +46,17 @@ static int tether_sysno(const char *name) {
     if (!strcmp(name, "openat")) return SYS_openat;
     if (!strcmp(name, "newfstatat")) return SYS_newfstatat;
     if (!strcmp(name, "statx")) return SYS_statx;
+    if (!strcmp(name, "readlinkat")) return SYS_readlinkat;
+    if (!strcmp(name, "faccessat")) return SYS_faccessat;
+#ifdef SYS_faccessat2
+    if (!strcmp(name, "faccessat2")) return SYS_faccessat2;
+#endif
 #ifdef SYS_open
     if (!strcmp(name, "open")) return SYS_open;
     if (!strcmp(name, "stat")) return SYS_stat;
     if (!strcmp(name, "lstat")) return SYS_lstat;
+    if (!strcmp(name, "readlink")) return SYS_readlink;
+    if (!strcmp(name, "access")) return SYS_access;
 #endif
     return -1;
 }
@@ -88,10 +95,12 @@ static long read_string(pid_t pid, uint64_t addr, char *out, size_t cap) {
 /* Which argument of a path call is the path. */
 static int path_arg(int nr) {
 #ifdef SYS_open
-    if (nr == SYS_open || nr == SYS_stat || nr == SYS_lstat) return 0;
+    if (nr == SYS_open || nr == SYS_stat || nr == SYS_lstat || nr == SYS_readlink ||
+        nr == SYS_access)
+        return 0;
 #endif
     (void)nr;
-    return 1; /* openat, newfstatat, statx */
+    return 1; /* the *at calls and statx */
 }
 
 static int tether_notif_respond(int fd, uint64_t id, int64_t val, int32_t error, uint32_t flags);
@@ -102,9 +111,10 @@ static int is_path_call(int nr) {
     return 0;
 }
 
-/* `name` is an item of the ","-separated `list`. */
+/* `name` is an item of the ","-separated `list` ("*": any name). */
 static int in_names(const char *name, const char *list) {
     size_t nl = strlen(name);
+    if (list && list[0] == '*' && !list[1]) return 1;
     for (const char *p = list; p && *p;) {
         const char *end = strchr(p, ',');
         size_t l = end ? (size_t)(end - p) : strlen(p);
@@ -117,7 +127,7 @@ static int in_names(const char *name, const char *list) {
 
 /* Block until a trapped call arrives that the supervisor must see; 0 or -errno (ENOENT:
  * the caller died meanwhile).  A path call (open, stat...) of an executable named in
- * `skip_names` (","-separated base names: build tools, debuggers), with a path in
+ * `skip_names` (","-separated base names: build tools, debuggers; "*": all), with a path in
  * `skip_exes` (","-separated: programs the layer reaches, which decide their files
  * themselves) or from a Go toolchain's own tools (.../pkg/tool/...) continues here: a
  * build compiles thousands of files and must not wait for Python each time. */

@@ -28,13 +28,17 @@
 #endif
 
 /* The system calls the supervisor sees (python/tether/seccomp.py reads this list through
- * tether._native).  The path calls are x86-64's and arm64's: open/stat/lstat exist only on
- * x86-64.  Build tools pay one round trip into the supervisor's C loop per path call
+ * tether._native).  The path calls are x86-64's and arm64's: open, stat, lstat, readlink
+ * and access exist only on x86-64.  Build tools pay one round trip into the supervisor's C loop per path call
  * (layer/native.c tether_notif_recv_program), never one into Python. */
 static const int tether_trapped_syscalls[] = {
-    SYS_connect, SYS_bind, SYS_listen, SYS_openat, SYS_newfstatat, SYS_statx,
+    SYS_connect, SYS_bind, SYS_listen, SYS_openat, SYS_newfstatat, SYS_statx, SYS_readlinkat,
+    SYS_faccessat,
+#ifdef SYS_faccessat2
+    SYS_faccessat2,
+#endif
 #ifdef SYS_open
-    SYS_open, SYS_stat, SYS_lstat,
+    SYS_open, SYS_stat, SYS_lstat, SYS_readlink, SYS_access,
 #endif
 };
 #define TETHER_N_TRAPPED (int)(sizeof tether_trapped_syscalls / sizeof tether_trapped_syscalls[0])

@@ -1,6 +1,7 @@
 /* tether-launch PATH ARGV0 ARGS...: run a static or Go program under tether's seccomp
  * supervisor.  The layer's exec hooks use it when a program they reach starts one they
- * cannot (csrc/launch.c).  It installs the filter, hands the listener to the session's
+ * cannot (csrc/launch.c), and `go run`/`go test` start their program through it (go's
+ * -exec, then the arguments are PROGRAM ARGS...).  It installs the filter, hands the listener to the session's
  * orchestrator (message "seccomp_attach" with the descriptor), waits until the supervisor
  * runs, then execs the program.  If any step fails it says so and runs the program
  * anyway, without the target's network. */
@@ -94,10 +95,15 @@ static const char *attach(void) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 3) {
+    /* `go run`/`go test` under tether run their program through here (GOFLAGS=-exec=...,
+     * set with TETHER_GO_EXEC by python/tether/starter.py): then the arguments are
+     * PROGRAM ARGS..., the program's path being its argv[0] too. */
+    int go_exec = getenv("TETHER_GO_EXEC") != NULL;
+    if (argc < (go_exec ? 2 : 3)) {
         fprintf(stderr, "usage: tether-launch PATH ARGV0 [ARGS...]\n");
         return 127;
     }
+    char **args = go_exec ? argv + 1 : argv + 2;
     const char *why = attach();
     if (why)
         fprintf(stderr, "tether: %s runs without the target's network: %s\n", argv[1], why);
@@ -105,7 +111,7 @@ int main(int argc, char **argv) {
      * failed attach would otherwise loop: launch, fail, exec, launch...). */
     setenv("TETHER_SECCOMP_ACTIVE", why ? "0" : "1", 1);
     /* The raw system call: the layer's execve hook has nothing left to do here. */
-    syscall(SYS_execve, argv[1], argv + 2, environ);
+    syscall(SYS_execve, argv[1], args, environ);
     perror(argv[1]);
     return 127;
 }

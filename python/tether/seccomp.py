@@ -44,6 +44,7 @@ import logging
 import os
 import platform
 import socket
+import stat as stat_mod
 import struct
 import threading
 from dataclasses import dataclass, field
@@ -51,12 +52,17 @@ from typing import Any
 
 from . import protocol
 from .elfinfo import inspect as inspect_elf
-from .features.files import ENOENT, EROFS, LOCAL, decide, program_config
+from .features.files import ENOENT, LOCAL, decide, program_config
 from .link import LinkClosed, RemoteError
 
 log = logging.getLogger("tether.seccomp")
 
-PATH_CALLS = ("openat", "open", "newfstatat", "stat", "lstat", "statx")
+PATH_CALLS = ("openat", "open", "newfstatat", "stat", "lstat", "statx", "readlinkat",
+              "readlink", "faccessat", "faccessat2", "access")
+_OPENS = ("openat", "open")
+_STATS = ("newfstatat", "stat", "lstat", "statx")
+_READLINKS = ("readlinkat", "readlink")
+AT_EACCESS = 0x200
 SIOCGSKNS = 0x894C
 O_CLOEXEC_FDINFO = 0o2000000
 AT_FDCWD = -100
@@ -137,8 +143,8 @@ class Supervisor:
         self._dns = bool(orch.config.feature.network.dns.enabled)
         self._paths_on = self._files is not None and (
             orch.config.feature.fs.mode != "local" or self._dns)
-        self._skip_names = self.ffi.new("char[]", _config_value(orch.layer_config(),
-                                                                "skip").encode())
+        skip = _config_value(orch.layer_config(), "skip") if self._paths_on else "*"
+        self._skip_names = self.ffi.new("char[]", skip.encode())
         self._skip_exe_list: list[str] = []
         self._skip_exes = self.ffi.new("char[]", b"")
         self._keep: list[Any] = []  # buffers the C loop may still read
@@ -179,7 +185,8 @@ class Supervisor:
                 try:
                     call = self._path_call(nid, tid, nr, args, exe, raw)
                 except (ProcessLookupError, FileNotFoundError):
-                    continue  # the caller is gone
+                    self._continue(nid)  # the caller is most likely gone: harmless then
+                    continue
                 except Exception:
                     log.exception("seccomp: deciding a path call of pid %d failed; it runs "
                                   "locally", tid)
@@ -227,63 +234,78 @@ class Supervisor:
         if config is None:
             self._continue(nid)
             return None
-        if name not in ("openat", "open") and not _STAT_LAYOUT_KNOWN:
+        if name in _STATS and not _STAT_LAYOUT_KNOWN:
             self._continue(nid)  # struct stat is x86-64's below; elsewhere stat stays local
             return None
-        dirfd, flags, mode, buf, follow = AT_FDCWD, 0, 0, 0, True
+        dirfd, flags, mode, buf, size, follow = AT_FDCWD, 0, 0, 0, 0, True
         if name == "openat":
             dirfd, flags, mode = _int32(args[0]), args[2] & 0xFFFFFFFF, args[3]
         elif name == "open":
             flags, mode = args[1] & 0xFFFFFFFF, args[2]
         elif name == "newfstatat":
-            dirfd, buf = _int32(args[0]), args[2]
-            follow = not args[3] & AT_SYMLINK_NOFOLLOW
-            if args[3] & AT_EMPTY_PATH:
+            dirfd, buf, flags = _int32(args[0]), args[2], args[3]
+        elif name == "statx":
+            dirfd, buf, flags = _int32(args[0]), args[4], args[2]
+        elif name in ("stat", "lstat"):
+            buf, follow = args[1], name == "stat"
+        elif name == "readlinkat":
+            dirfd, buf, size = _int32(args[0]), args[2], args[3] & 0x7FFFFFFF
+        elif name == "readlink":
+            buf, size = args[1], args[2] & 0x7FFFFFFF
+        elif name == "access":
+            mode = args[1] & 7
+        else:  # faccessat, faccessat2
+            dirfd, mode = _int32(args[0]), args[2] & 7
+            flags = args[3] if name == "faccessat2" else 0
+        if name not in _OPENS:
+            if flags & AT_EMPTY_PATH:
                 self._continue(nid)  # fstat of a descriptor: native
                 return None
-        elif name == "statx":
-            dirfd, buf = _int32(args[0]), args[4]
-            follow = not args[2] & AT_SYMLINK_NOFOLLOW
-            if args[2] & AT_EMPTY_PATH:
-                self._continue(nid)
-                return None
-        else:  # stat, lstat
-            buf, follow = args[1], name == "stat"
+            follow = follow and not flags & AT_SYMLINK_NOFOLLOW
         if not self._valid(nid):  # the path was read from a process that still waits
             return None
         if not raw:
             self._continue(nid)
             return None
-        path = os.fsdecode(raw)
+        try:
+            path = raw.decode()
+        except UnicodeDecodeError:
+            self._continue(nid)  # the protocol carries paths as UTF-8 text, as the layer's
+            return None
         if not path.startswith("/"):
             if dirfd != AT_FDCWD:
                 self._continue(nid)  # relative to a descriptor: resolves natively
                 return None
             path = os.path.join(os.readlink(f"/proc/{tid}/cwd"), path)
         path = _normalize(path)
-        write = bool(flags & _WRITE_FLAGS) or flags & _O_TMPFILE == _O_TMPFILE
+        if name in _OPENS:
+            write = bool(flags & _WRITE_FLAGS) or flags & _O_TMPFILE == _O_TMPFILE
+        else:  # access(W_OK) asks about a write: answered where the write would go
+            write = name not in _STATS + _READLINKS and bool(mode & os.W_OK)
         decision = decide(config, path, write, resolver_files=self._dns)
         if decision == LOCAL:
             self._continue(nid)
             return None
-        if decision in (ENOENT, EROFS):
-            self._answer(nid, err=errno.ENOENT if decision == ENOENT else errno.EROFS)
+        if decision == ENOENT:
+            self._answer(nid, err=errno.ENOENT)
             return None
-        return PathCall(nid, tid, name, path, flags, mode, buf, follow)
+        return PathCall(nid, tid, name, path, flags, mode, buf, follow, size)
 
     async def _remote_path(self, call: PathCall) -> None:
         try:
-            if call.name in ("openat", "open"):
+            if call.name in _OPENS:
                 await self._remote_open(call)
-            else:
+            elif call.name in _STATS:
                 await self._remote_stat(call)
+            elif call.name in _READLINKS:
+                await self._remote_readlink(call)
+            else:
+                await self._remote_access(call)
         except RemoteError as exc:
             log.debug("seccomp: pid %d %s %s: %s", call.tid, call.name, call.path, exc)
             self._answer(call.nid, err=exc.errno or errno.EIO)
-        except (LinkClosed, TimeoutError):
-            self._answer(call.nid, err=errno.EIO)
-        except (ProcessLookupError, FileNotFoundError):
-            pass
+        except (LinkClosed, TimeoutError, ProcessLookupError, FileNotFoundError):
+            self._answer(call.nid, err=errno.EIO)  # never leave a caller waiting
         except Exception:
             log.exception("seccomp: %s of %s for pid %d failed", call.name, call.path, call.tid)
             self._answer(call.nid, err=errno.EIO)
@@ -315,9 +337,27 @@ class Supervisor:
         data = _statx_bytes(st) if call.name == "statx" else _stat_bytes(st)
         if not self._valid(call.nid):
             return
-        with open(f"/proc/{call.tid}/mem", "r+b", buffering=0) as mem:
-            os.pwrite(mem.fileno(), data, call.buf)
+        _write_memory(call.tid, call.buf, data)
         self._answer(call.nid, 0)
+
+    async def _remote_readlink(self, call: PathCall) -> None:
+        reply = await self._files._forward(None, {  # noqa: SLF001
+            "t": "fs_readlink", "path": call.path})
+        data = os.fsencode(reply["target"])[:call.size]  # no NUL, cut to the buffer
+        if call.size <= 0:
+            self._answer(call.nid, err=errno.EINVAL)
+            return
+        if not self._valid(call.nid):
+            return
+        _write_memory(call.tid, call.buf, data)
+        self._answer(call.nid, len(data))
+
+    async def _remote_access(self, call: PathCall) -> None:
+        reply = await self._files._forward(None, {  # noqa: SLF001
+            "t": "fs_stat", "path": call.path, "follow": call.follow})
+        ok = _access_allowed([int(v) for v in reply["st"]], call.mode,
+                             _credentials(call.tid, bool(call.flags & AT_EACCESS)))
+        self._answer(call.nid, err=0 if ok else errno.EACCES)
 
     # ---- answering ----
     def _continue(self, nid: int) -> None:
@@ -469,22 +509,20 @@ class Supervisor:
         """Links that cannot carry descriptors (Kubernetes): the outgoing feature's relay.
 
         The agent connects inside the target and relays over the link (TCP: a stream,
-        UDP and DNS: one message per datagram); here a loopback socket connected to the
-        relay's end replaces the program's, and the call returns 0 (a connect may complete
-        at once, also for non-blocking sockets)."""
+        UDP and DNS: one message per datagram); here the program's end of the relay's private
+        loopback pair (already connected, features/outgoing.private_pair) replaces the
+        program's socket, and the call returns 0 (a connect may complete at once, also for
+        non-blocking sockets)."""
         outgoing = _feature(self.orch, "outgoing")
         reply = await outgoing._out_connect(None, {  # noqa: SLF001
             "proto": proto, "family": family, "addr": socket.inet_pton(family, ip),
             "port": port, "connect": True})
-        if reply.get("result", 0) != 0 or not reply.get("relay"):
+        fds = reply.pop("_fds", [])
+        if reply.get("result", 0) != 0 or not fds:
             self._answer(nid, err=int(reply.get("result") or errno.ECONNREFUSED))
             return
-        raw_addr, relay_port = reply["relay"]
-        relay_family = socket.AF_INET6 if len(raw_addr) == 16 else socket.AF_INET
-        kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-        local = socket.socket(relay_family, kind)
+        local = socket.socket(fileno=fds[0])
         try:
-            local.connect((socket.inet_ntop(relay_family, raw_addr), int(relay_port)))
             _copy_options(sock, local.fileno())
             local.setblocking(not nonblocking)
             if not self._valid(nid):
@@ -598,8 +636,40 @@ class PathCall:
     path: str
     flags: int
     mode: int
-    buf: int  # stat buffer in the program
+    buf: int  # stat or readlink buffer in the program
     follow: bool
+    size: int = 0  # readlink buffer size
+
+
+def _write_memory(tid: int, addr: int, data: bytes) -> None:
+    with open(f"/proc/{tid}/mem", "r+b", buffering=0) as mem:
+        os.pwrite(mem.fileno(), data, addr)
+
+
+def _credentials(tid: int, effective: bool) -> tuple[int, int]:
+    """(uid, gid) of the caller: real ones, or effective ones for AT_EACCESS."""
+    uid = gid = 0
+    with open(f"/proc/{tid}/status") as f:
+        for line in f:
+            if line.startswith(("Uid:", "Gid:")):
+                value = int(line.split()[2 if effective else 1])
+                if line.startswith("Uid:"):
+                    uid = value
+                else:
+                    gid = value
+    return uid, gid
+
+
+def _access_allowed(st: list[int], amode: int, cred: tuple[int, int]) -> bool:
+    """access(2) from a target stat, as the layer's access_from_stat (root may do all but
+    execute a file nobody may execute)."""
+    mode, uid, gid = st[2], st[4], st[5]
+    if amode == os.F_OK:
+        return True
+    if cred[0] == 0:
+        return not (amode & os.X_OK and not stat_mod.S_ISDIR(mode) and not mode & 0o111)
+    shift = 6 if uid == cred[0] else 3 if gid == cred[1] else 0
+    return (amode & (mode >> shift) & 7) == amode
 
 
 def _int32(value: int) -> int:

@@ -9,6 +9,9 @@ cost.
   (about 3,500 of them for a warm `go run .` of a small program).
 - Reading a 4 KiB file that exists only in the target: open in the target (agent),
   installed with ADDFD; vs the same program inside the target's mount namespace.
+- `go run .` of a small program (warm build cache) under `tether exec`, supervised, vs the
+  same session with the supervisor off (TETHER_SECCOMP=never): what trapping the build
+  tools' path calls costs a development loop.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import time
 from typing import Any
 
 from . import BenchContext, figure
@@ -56,4 +60,32 @@ def run(ctx: BenchContext) -> list[dict[str, Any]]:
                               statistics.median(t) / 1e3, statistics.median(d) / 1e3,
                               note="direct: the same program inside the target's mount "
                               "namespace"))
+        if shutil.which("go"):
+            results.append(_go_run(ctx, pod))
     return results
+
+
+def _go_run(ctx: BenchContext, pod: Any) -> dict[str, Any]:
+    app = ctx.workdir / "goapp"
+    app.mkdir()
+    (app / "go.mod").write_text("module bench/goapp\n\ngo 1.19\n")
+    (app / "main.go").write_text('package main\n\nimport "fmt"\n\nfunc main() '
+                                 '{ fmt.Println("hi") }\n')
+    env = {**os.environ, "GOCACHE": str(ctx.workdir / "gocache"), "HOME": str(ctx.workdir),
+           "GOFLAGS": "-mod=mod", "GOPROXY": "off"}
+    argv = ctx.tether_exec(pod, ["go", "run", "."])
+
+    def once(extra: dict[str, str]) -> float:
+        started = time.monotonic()
+        subprocess.run(argv, cwd=app, env={**env, **extra}, check=True, capture_output=True,
+                       timeout=300)
+        return time.monotonic() - started
+
+    once({})  # fills the build cache
+    t, d = [], []
+    for _ in range(5):
+        t.append(once({}))
+        d.append(once({"TETHER_SECCOMP": "never"}))
+    return figure("go run . (warm cache), supervised (s)", "s", statistics.median(t),
+                  statistics.median(d), note="direct: the same tether exec with "
+                  "TETHER_SECCOMP=never (no supervisor)")

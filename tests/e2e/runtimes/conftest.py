@@ -34,6 +34,15 @@ def goprobe(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def static_resolve(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """tests/programs/resolve.c linked statically (glibc)."""
+    exe = tmp_path_factory.mktemp("static") / "resolve"
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(exe), str(PROGRAMS / "resolve.c")],
+                   check=True, capture_output=True, timeout=120)
+    return str(exe)
+
+
+@pytest.fixture(scope="session")
 def probes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
     """Command lines of the JVM and Ruby probes (the Java class compiled once)."""
     out = tmp_path_factory.mktemp("jvm")
@@ -49,7 +58,8 @@ def staging(pod_factory: Any) -> SimpleNamespace:
     qualified service names, a search list with ndots:5, a name only the pod's /etc/hosts
     has, and a config file only the pod has; the database is reachable only from the pod."""
     pod = pod_factory("svc", env={"APP": "svc", "DB_PASSWORD": "from-the-pod"},
-                      files={"/etc/tether-go-app.conf": "dsn=svc-db:7000\n"})
+                      files={"/etc/tether-go-app.conf": "dsn=svc-db:7000\n",
+                             "/srv/tether-go-data/a.txt": "a", "/srv/tether-go-data/b.txt": "b"})
     db = pod_factory("db", behind=pod, cmd=[sys.executable, "-c", ECHO])
     fqdn = "svc-db.staging.svc.cluster.local"
     ns = pod_factory("cdns", cmd=["dnsmasq", "-k", "--no-resolv", "--no-hosts", "--port=53",

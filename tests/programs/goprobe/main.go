@@ -4,6 +4,9 @@
 //	lookup=NAME      net.LookupHost
 //	cat=PATH         os.ReadFile
 //	stat=PATH        os.Stat (size)
+//	ls=PATH          os.ReadDir (names)
+//	readlink=PATH    os.Readlink
+//	access=PATH      syscall.Access for reading, then for writing
 //	write=PATH       os.WriteFile
 //	exec=PATH ARGS   run another program (the rest of the arguments) and wait for it
 package main
@@ -15,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -45,6 +49,18 @@ func main() {
 			} else {
 				fmt.Println("stat", what, "size", st.Size())
 			}
+		case "ls":
+			entries, err := os.ReadDir(what)
+			names := []string{}
+			for _, e := range entries {
+				names = append(names, e.Name())
+			}
+			fmt.Println("ls", what, names, err)
+		case "readlink":
+			target, err := os.Readlink(what)
+			fmt.Println("readlink", what, target, err)
+		case "access":
+			fmt.Println("access", what, "r:", syscall.Access(what, 4), "w:", syscall.Access(what, 2))
 		case "write":
 			err := os.WriteFile(what, []byte("from the laptop\n"), 0o644)
 			fmt.Println("write", what, err)
