@@ -1,6 +1,6 @@
 /* Remote files (feature.fs): the program opens, stats and lists the target's files.
  *
- * The decision local / remote / ENOENT / EROFS is made here, in C, from a table the
+ * The decision local / remote / ENOENT is made here, in C, from a table the
  * orchestrator puts in TETHER_LAYER_CONFIG (python/tether/features/files.py):
  *   fs=read|write|local|localwithoverrides   the mode (absent: the feature is off)
  *   fs_lp, fs_lt, fs_ls, fs_lc, fs_rr         default local prefixes, local trees (their
@@ -17,7 +17,8 @@
  * it over the channel: the program's read/pread/lseek/mmap/fstat/close/dup on it are
  * native, with no hook.  A remote directory is such a descriptor too, so fdopendir,
  * readdir, getdents and openat(dirfd, "relative") on it are native.  stat, readlink and
- * realpath answers come back as values. */
+ * realpath answers come back as values; mkdir, rmdir, unlink, rename and statfs of a remote
+ * path are done by the agent in the target (fs_change, fs_statfs). */
 #include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -561,10 +562,6 @@ static long remote_string(const char *type, const char *norm, const char *key, c
 static int refuse(int d) {
     if (d == FS_ENOENT) {
         errno = ENOENT;
-        return 1;
-    }
-    if (d == FS_EROFS) {
-        errno = EROFS;
         return 1;
     }
     return 0;

@@ -6,7 +6,7 @@
 
 #include "layer.h"
 
-enum { FS_LOCAL = 0, FS_REMOTE = 1, FS_ENOENT = 2, FS_EROFS = 3 };
+enum { FS_LOCAL = 0, FS_REMOTE = 1, FS_ENOENT = 2 };
 enum { FS_MODE_LOCAL = 0, FS_MODE_READ, FS_MODE_WRITE, FS_MODE_LOCAL_OVERRIDES };
 
 #define FS_MAX_ITEMS 96

@@ -30,12 +30,15 @@
  *   in_listen=R:L,R:L     listen_ports: target port R is served by a local listen on L
  *   in_ignore_lo=1        loopback binds stay local */
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "incoming_api.h"
@@ -182,6 +185,18 @@ static uint16_t decide(uint16_t port, int loopback, uint16_t *local_port) {
     return decide_with(&in_cfg, port, loopback, local_port);
 }
 
+/* The target port a socket already bound at local `port` serves, as far as the port rules
+ * tell (adopted sockets: the bind happened in another process image).  listen_ports names
+ * its local ports; an ephemeral port is only ours if port_mapping names it (else the
+ * orchestrator may know it from the bind). */
+static uint16_t remote_of_local(uint16_t port, int loopback) {
+    uint16_t unused;
+    for (int i = 0; i < in_cfg.n_listen; i++)
+        if (in_cfg.listen[i].b == port) return in_cfg.listen[i].a;
+    if (port >= 32768 && !mapped(port)) return 0;
+    return decide(port, loopback, &unused);
+}
+
 /* The same decision for a given TETHER_LAYER_CONFIG text ("k=v;..."): the seccomp
  * supervisor decides for programs the layer cannot reach with this very code.  Returns
  * the target port served (0: stays local) or -1 when incoming traffic is off. */
@@ -269,6 +284,8 @@ static void record(int fd, uint16_t want, uint16_t remote, uint16_t local) {
     struct in_sock *s = find_locked(fd, ino);
     for (int i = 0; !s && i < IN_MAX_SOCKS; i++)
         if (!socks[i].used) s = &socks[i];
+    for (int i = 0; !s && i < IN_MAX_SOCKS; i++)
+        if (fd_ino(socks[i].fd) != socks[i].ino) s = &socks[i]; /* full: drop a closed one */
     if (s) {
         s->used = 1;
         s->fd = fd;
@@ -503,12 +520,9 @@ static void adopt(int fd) {
         record(fd, 0, 0, 0); /* not a TCP listener: never look again */
         return;
     }
-    uint16_t local = sa_port((struct sockaddr *)&got), unused;
-    /* Our guess from the port rules; an ephemeral port is only served if the orchestrator
-     * saw it bound for a target port (a busy local port moved there). */
-    uint16_t guess = local >= 32768 && !mapped(local)
-                         ? 0
-                         : decide(local, is_loopback((struct sockaddr *)&got), &unused);
+    uint16_t local = sa_port((struct sockaddr *)&got);
+    /* Our guess from the port rules (the orchestrator knows better if it saw the bind). */
+    uint16_t guess = remote_of_local(local, is_loopback((struct sockaddr *)&got));
     long port, want;
     int ok = ask_listen(fd, guess, local, 1, &port, &want);
     record(fd, ok ? (uint16_t)want : local, ok ? (uint16_t)port : 0, local);
@@ -532,9 +546,78 @@ static int lookup_or_adopt(int fd, struct in_sock *out, int check_listening) {
     return known && out->remote_port;
 }
 
+/* listen() failed with EADDRINUSE on a socket bound for a target port: something else on
+ * this machine started listening on that port after the bind (with SO_REUSEADDR both
+ * binds succeed, only one may listen).  Serve the target port from another local port:
+ * a new socket with the same options, bound to the same address on port 0, listening,
+ * installed over the program's descriptor (its number and flags kept); getsockname keeps
+ * reporting the asked port.  0 on success. */
+static int listen_elsewhere(int fd, int backlog) {
+    TL_REAL(listen);
+    TL_REAL(bind);
+    TL_REAL(getsockname);
+    struct sockaddr_storage addr;
+    socklen_t al = sizeof addr;
+    if (real_getsockname(fd, (struct sockaddr *)&addr, &al) ||
+        (addr.ss_family != AF_INET && addr.ss_family != AF_INET6))
+        return -1;
+    int nfd = (int)syscall(SYS_socket, addr.ss_family, SOCK_STREAM, 0);
+    if (nfd < 0) return -1;
+    static const int opts[][2] = {{SOL_SOCKET, SO_REUSEADDR}, {SOL_SOCKET, SO_REUSEPORT},
+                                  {SOL_SOCKET, SO_KEEPALIVE}, {IPPROTO_TCP, TCP_NODELAY},
+                                  {IPPROTO_TCP, TCP_DEFER_ACCEPT}, {IPPROTO_IPV6, IPV6_V6ONLY}};
+    for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++) {
+        int v = 0;
+        socklen_t vl = sizeof v;
+        if (opts[i][0] == IPPROTO_IPV6 && addr.ss_family != AF_INET6) continue;
+        if (getsockopt(fd, opts[i][0], opts[i][1], &v, &vl) == 0)
+            setsockopt(nfd, opts[i][0], opts[i][1], &v, sizeof v);
+    }
+    sa_set_port((struct sockaddr *)&addr, 0);
+    int fl = fcntl(fd, F_GETFL), fdfl = fcntl(fd, F_GETFD);
+    if (real_bind(nfd, (struct sockaddr *)&addr, al) || real_listen(nfd, backlog) ||
+        (fl >= 0 && fcntl(nfd, F_SETFL, fl) < 0) ||
+        syscall(SYS_dup3, nfd, fd, fdfl >= 0 && (fdfl & FD_CLOEXEC) ? O_CLOEXEC : 0) < 0) {
+        syscall(SYS_close, nfd);
+        return -1;
+    }
+    syscall(SYS_close, nfd);
+    return 0;
+}
+
 TL_EXPORT int listen(int fd, int backlog) {
     TL_REAL(listen);
     int rc = real_listen(fd, backlog);
+    if (rc && errno == EADDRINUSE && in_active()) {
+        struct in_sock s;
+        TL_ERRNO_SAVE;
+        tl_in_layer++;
+        int known = lookup(fd, &s), ours = known && s.remote_port;
+        if (!known) { /* bound in another process image (a reloader): the port rules say */
+            struct sockaddr_storage b;
+            socklen_t bl = sizeof b;
+            TL_REAL(getsockname);
+            if (real_getsockname(fd, (struct sockaddr *)&b, &bl) == 0 &&
+                (b.ss_family == AF_INET || b.ss_family == AF_INET6)) {
+                uint16_t port = sa_port((struct sockaddr *)&b);
+                s.remote_port = remote_of_local(port, is_loopback((struct sockaddr *)&b));
+                s.want_port = s.remote_port;
+                ours = s.remote_port != 0;
+            }
+        }
+        if (ours && listen_elsewhere(fd, backlog) == 0) {
+            struct sockaddr_storage got;
+            socklen_t gl = sizeof got;
+            TL_REAL(getsockname);
+            if (real_getsockname(fd, (struct sockaddr *)&got, &gl) == 0) {
+                /* the descriptor is a new socket now: record it under its inode */
+                record(fd, s.want_port, s.remote_port, sa_port((struct sockaddr *)&got));
+                rc = 0;
+            }
+        }
+        tl_in_layer--;
+        if (rc) TL_ERRNO_RESTORE;
+    }
     if (rc || !in_active()) return rc;
     TL_ERRNO_SAVE;
     struct in_sock s;
@@ -583,10 +666,9 @@ static void remember_peer(int fd, const struct sockaddr_storage *addr, socklen_t
 /* Is local port `port` one a target port is served on?  The port rules say so, or a
  * listener this process knows. */
 static int serves_local_port(uint16_t port) {
-    uint16_t unused;
     /* An ephemeral port may be a busy port moved (the bind happened in another process):
      * only the orchestrator knows, so ask. */
-    if (port >= 32768 || decide(port, 0, &unused)) return 1;
+    if (port >= 32768 || remote_of_local(port, 0)) return 1;
     int found = 0;
     pthread_mutex_lock(&socks_lock);
     for (int i = 0; i < IN_MAX_SOCKS && !found; i++)

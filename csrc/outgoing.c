@@ -10,7 +10,8 @@
  *    simply the pod's socket: EINPROGRESS, SO_ERROR, getpeername, getsockname, refused and
  *    unreachable are the kernel's, and no byte crosses Python.
  *  - relay mode (links that cannot carry descriptors): the agent connects and relays; the
- *    program's socket is connected to a one-shot loopback listener of the orchestrator, and
+ *    reply carries one end of a loopback pair the orchestrator connected to itself (TCP or
+ *    UDP, private: no listener another process could reach), installed the same way, and
  *    getpeername() answers the address the program asked for.
  * A small table (by descriptor, checked against the socket's inode so a reused number is
  * never mistaken) remembers the sockets made remote. */
@@ -528,7 +529,9 @@ static socklen_t make_sa(int family, const uint8_t *a, int alen, int port,
 }
 
 /* Ask for a socket in the target.  Returns 0 with *result (0/EINPROGRESS/errno), or -1
- * (errno set) when there is no answer.  fd mode: *newfd; relay mode: *relay filled. */
+ * (errno set) when there is no answer.  *newfd: the target's socket (fd mode) or the
+ * program's end of the relay's private pair (relay mode); *relay: an older orchestrator's
+ * listener address, no longer used. */
 static int ask_connect(int proto, int family, const struct sockaddr *sa, int do_connect,
                        int *mode, int *result, int *newfd, struct sockaddr_in6 *relay,
                        socklen_t *relay_len, struct sockaddr_in6 *local, socklen_t *local_len) {
@@ -614,16 +617,17 @@ static int remote_connect(int fd, int proto, int domain, const struct sockaddr *
         tl_in_layer--;
         return rc;
     }
-    if (mode == 2 && result == 0 && relay_len) {
-        rc = real_connect(fd, (struct sockaddr *)&relay, relay_len);
-        int saved = errno;
-        if (rc == 0 || errno == EINPROGRESS) {
-            remember(fd, MODE_RELAY, addr, len, &local, local_len);
-            if (proto == TL_PROTO_UDP) mark_dgram(fd, 0);
+    if (mode == 2 && result == 0 && newfd >= 0) {
+        /* The orchestrator's end of a private loopback pair, already connected: installed
+         * like a target's socket, so no other process can take the relayed connection. */
+        if (install(newfd, fd, proto)) {
+            tl_in_layer--;
+            return -1;
         }
-        errno = saved;
+        remember(fd, MODE_RELAY, addr, len, &local, local_len);
+        if (proto == TL_PROTO_UDP) mark_dgram(fd, 0);
         tl_in_layer--;
-        return rc;
+        return 0;
     }
     if (newfd >= 0) syscall(SYS_close, newfd);
     tl_in_layer--;
@@ -676,8 +680,8 @@ TL_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len) {
 
 /* Unconnected UDP: the first datagram to a remote address moves the socket into the
  * target (only while it is unbound: a socket bound to a port here serves this machine).
- * In relay mode the program's socket is connected to the orchestrator's loopback UDP port
- * instead.  Returns 0: send as asked; 1: a relayed socket, send without the address;
+ * In relay mode the program's socket is replaced by one connected to the orchestrator's
+ * loopback UDP socket (and only to it) instead.  Returns 0: send as asked; 1: a relayed socket, send without the address;
  * -1: a relayed socket asked to send elsewhere (errno EOPNOTSUPP: one destination per
  * relayed socket). */
 static int udp_maybe_move(int fd, const struct sockaddr *dest, socklen_t dlen) {
@@ -705,9 +709,8 @@ static int udp_maybe_move(int fd, const struct sockaddr *dest, socklen_t dlen) {
         goto out;
     if (mode == 1 && newfd >= 0 && result == 0) {
         if (install(newfd, fd, TL_PROTO_UDP) == 0) remember(fd, MODE_FD, NULL, 0, NULL, 0);
-    } else if (mode == 2 && result == 0 && relay_len) {
-        TL_REAL(connect);
-        if (real_connect(fd, (struct sockaddr *)&relay, relay_len) == 0) {
+    } else if (mode == 2 && result == 0 && newfd >= 0) {
+        if (install(newfd, fd, TL_PROTO_UDP) == 0) {
             remember(fd, MODE_RELAY, dest, dlen, &local, local_len);
             mark_dgram(fd, 1);
             ret = 1;

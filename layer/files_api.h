@@ -2,7 +2,7 @@
 
 /* Decide a path the way the layer does, under `config` (a TETHER_LAYER_CONFIG value,
  * "k=v;k=v"), with `cwd` as the current directory for relative paths.  Returns
- * 0 local, 1 remote, 2 ENOENT (not_found), 3 EROFS (a write in read mode), -1 bad config. */
+ * 0 local, 1 remote, 2 ENOENT (not_found), -1 bad config (a write in read mode is local). */
 int tl_fs_decide_with(const char *config, const char *cwd, const char *path, int write);
 
 /* Lexical normalization of `path` against `cwd` (".", "..", "//"); 0 or -1 if too long. */

@@ -94,7 +94,7 @@ def test_keys_tether_does_not_act_on_are_named_by_verify_config_and_at_start(tmp
     assert "valid (1 warning)" in res.stdout
     line = ("accepted, not used by tether: operator, telemetry, feature.copy_target, "
             "agent.flush_connections, agent.metrics, agent.log_level, "
-            "agent.communication_timeout, agent.annotations")
+            "agent.communication_timeout")
     assert line in res.stderr
     cfg = tmp_path / "c.json"
     cfg.write_text('{"target": "process/999999", "operator": true}')

@@ -76,3 +76,18 @@ def test_a_bad_port_mapping_is_one_line_naming_it(bad):
     res = CliRunner().invoke(_probe, ["-p", bad])
     assert res.exit_code == 2
     assert f"'{bad}': expected LOCAL:REMOTE" in res.output
+
+
+def test_dash_e_with_an_env_file_says_what_e_means(tmp_path):
+    """In mirrord, `-e` is `--ephemeral-container` and env files are `--env-file`: a file
+    given after `-e` would otherwise be run as the program."""
+    import subprocess
+
+    from e2e_support import tether_cmd
+
+    (tmp_path / "dev.env").write_text("A=1\n")
+    res = subprocess.run(tether_cmd() + ["exec", "-t", "process/1", "-e", "dev.env", "--",
+                                         "true"], capture_output=True, text=True, timeout=30,
+                         cwd=tmp_path)
+    assert res.returncode == 2
+    assert "-e is --ephemeral-container" in res.stderr and "--env-file dev.env" in res.stderr

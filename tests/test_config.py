@@ -85,7 +85,7 @@ def test_a_file_using_most_keys_loads_with_warnings_for_unused_ones() -> None:
     assert loaded.warnings == []
     assert loaded.unused == ["operator", "telemetry", "feature.copy_target",
                              "agent.flush_connections", "agent.metrics", "agent.log_level",
-                             "agent.communication_timeout", "agent.annotations"]
+                             "agent.communication_timeout"]
     assert loaded.report() == ["accepted, not used by tether: " + ", ".join(loaded.unused)]
     cfg = loaded.config
     assert cfg.target.container == "app"
@@ -491,7 +491,6 @@ def test_config_error_text_lists_every_problem() -> None:
         # keys of the model that nothing in tether reads
         ({"agent": {"communication_timeout": 10}}, "agent.communication_timeout"),
         ({"agent": {"log_level": "debug"}}, "agent.log_level"),
-        ({"agent": {"annotations": {"a": "b"}}}, "agent.annotations"),
     ],
 )
 def test_keys_tether_does_not_act_on_are_reported_not_silently_valid(
@@ -808,8 +807,7 @@ def test_the_incumbents_complete_example_verifies(tmp_path: Path, monkeypatch) -
         "header", "^baggage: .*mirrord-session=bear-session.*$")
     assert loaded.report() == [
         "accepted, not used by tether: operator, sip_binaries, telemetry, feature.copy_target, "
-        "agent.flush_connections, agent.metrics, agent.log_level, agent.communication_timeout, "
-        "agent.annotations"]
+        "agent.flush_connections, agent.metrics, agent.log_level, agent.communication_timeout"]
 
 
 def test_templated_target_reads_the_environment_with_its_default(tmp_path: Path,

@@ -14,6 +14,7 @@ from tether.environment import (
     exec_limit_problems,
     exec_size_problems,
     parse_dotenv,
+    parse_environ,
 )
 
 LOCAL = {
@@ -245,3 +246,8 @@ def test_config_problems_are_named_by_json_path(tmp_path):
     problems = exec_limit_problems({}, cfg, str(tmp_path))
     assert problems[0].startswith("feature.env.env_file (big.env): FROM_FILE: ")
     assert problems[1].startswith("feature.env.override.BIG: ")
+
+
+def test_proc_environ_block_is_parsed_like_the_agent_reads_it():
+    raw = b"A=1\0EMPTY=\0NOEQUALS\0B=x=y\0BIN=\xff\0\0"
+    assert parse_environ(raw) == {"A": "1", "EMPTY": "", "B": "x=y", "BIN": "\udcff"}

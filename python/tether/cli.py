@@ -86,6 +86,7 @@ def exec_command(config_file: str | None, target: str | None, target_namespace: 
     """
     from .starter import prepare_target, run_exec
 
+    cli_flags.check_command(flags, list(command))
     loaded = _load(config_file, target, target_namespace, flags)
     try:
         config, tgt = prepare_target(loaded.config)

@@ -114,6 +114,17 @@ def port_forward_options(func: F) -> F:
     return func
 
 
+def check_command(flags: dict[str, Any], command: list[str]) -> None:
+    """`-e` is mirrord's --ephemeral-container, a switch: `-e .env -- app` would run the
+    env file as the program.  Say so instead."""
+    first = command[0] if command else ""
+    if (flags.get("ephemeral_container") and os.path.isfile(first)
+            and not os.access(first, os.X_OK)):
+        raise click.UsageError(
+            f"-e is --ephemeral-container (as in mirrord exec), so {first!r} would be run as "
+            f"the program; for a file of variables write --env-file {first}")
+
+
 def pop_flags(params: dict[str, Any]) -> dict[str, Any]:
     """Take the mirrord flags out of a click command's keyword arguments."""
     return {name: params.pop(name, None) for name in NAMES}

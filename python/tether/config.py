@@ -1211,7 +1211,6 @@ _TOP_ACTED = (
 _NOT_ACTED_ON = (
     "agent.log_level",  # the agent logs at TETHER_LOG's level
     "agent.communication_timeout",
-    "agent.annotations",
 )
 
 

@@ -39,6 +39,7 @@ from .starter import (  # noqa: E402
     load_checked,
     prepare_target,
     say,
+    setup_logging,
 )
 
 
@@ -47,10 +48,14 @@ def _fast_exec(opts: dict[str, str], command: list[str]) -> int:
     from .targets import TargetError
 
     try:
+        # Imported here, before the fork, the modules the orchestrator needs too are
+        # imported once (forking first to overlap them with the config was measured: no
+        # gain on two idle cores, a loss on busy ones; docs/architecture.md).
+        setup_logging()
         loaded = load_checked(opts.get("config_file"), opts.get("target"),
                               opts.get("namespace"))
-        for warning in loaded.warnings:
-            say(f"tether: config: {warning}")
+        for line in loaded.report():  # as tether.cli logs them
+            say(f"tether: config: {line}")
         config, tgt = prepare_target(loaded.config)
         run_exec(config, tgt, command)
     except (ConfigProblem, TargetError, ExecError) as exc:

@@ -74,6 +74,18 @@ def _names_explicitly(name: str, patterns: Iterable[str]) -> bool:
     return any(p.strip("*?") and _glob(p).fullmatch(name) for p in patterns)
 
 
+def parse_environ(raw: bytes) -> dict[str, str]:
+    """A process's environment as /proc/<pid>/environ holds it (NUL-separated NAME=value;
+    entries without '=' are skipped, bytes that are not UTF-8 kept as surrogates)."""
+    env: dict[str, str] = {}
+    for item in raw.split(b"\0"):
+        if not item or b"=" not in item:
+            continue
+        key, _, value = item.partition(b"=")
+        env[key.decode(errors="surrogateescape")] = value.decode(errors="surrogateescape")
+    return env
+
+
 def is_local_only(name: str) -> bool:
     return _matches(name, DEFAULT_LOCAL_ONLY)
 

@@ -161,16 +161,17 @@ class Watchdog:
     def dismiss(self) -> None:
         """The orchestrator ends normally: the watchdog exits without a word."""
         self._send("done")
-        os.close(self._fd)
+        if self._fd >= 0:
+            os.close(self._fd)
         self._fd = -1
-        try:
-            os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            pass
 
 
 def start_watchdog(program_pid: int, liveness_inode: int, keep_going: bool) -> Watchdog:
-    """Fork the watchdog (call before any thread exists)."""
+    """Fork the watchdog (call before any thread exists).
+
+    It is forked twice, so that it is not the orchestrator's child: the orchestrator's
+    children are its agent (tools and tests look for it there), and nobody has to reap
+    the watchdog but init."""
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     orchestrator = os.getpid()
     for stream in (sys.stdout, sys.stderr):
@@ -178,16 +179,22 @@ def start_watchdog(program_pid: int, liveness_inode: int, keep_going: bool) -> W
     pid = os.fork()
     if pid == 0:
         try:
-            _watchdog_main(read_end, orchestrator, program_pid, liveness_inode, keep_going)
+            if os.fork() == 0:
+                _watchdog_main(read_end, orchestrator, program_pid, liveness_inode,
+                               keep_going)
         finally:
             os._exit(0)
     os.close(read_end)
+    os.waitpid(pid, 0)
     return Watchdog(pid, write_end)
 
 
 def _watchdog_main(fd: int, orchestrator: int, program_pid: int, inode: int,
                    keep_going: bool) -> None:
     os.setsid()  # a signal to the orchestrator's process group does not reach us
+    from .targets.process import _set_title
+
+    _set_title(f"tether-watchdog of session {orchestrator}")
     null = os.open(os.devnull, os.O_RDWR)
     for std in (0, 1, 2):
         os.dup2(null, std)

@@ -171,6 +171,26 @@ class Link:
         self._out.append((memoryview(frame), list(fds)))
         self._flush()
 
+    def send_frame(self, parts: Sequence[bytes | memoryview], size: int) -> None:
+        """Queue one frame already encoded in ``parts`` (``size`` bytes of msgpack body in
+        all): a large payload is sent where it lies instead of being copied into a frame.
+        For the relay's hot path only; the caller guarantees a valid message."""
+        if self.closed.is_set():
+            raise LinkClosed(self.close_reason or "link closed")
+        if self.interrupted.is_set():
+            raise LinkClosed(f"link interrupted ({self.interrupt_reason})")
+        if size > protocol.MAX_FRAME:
+            raise ProtocolError(f"message of {size} bytes exceeds the {protocol.MAX_FRAME} "
+                                "byte limit")
+        first = True
+        for part in parts:
+            view = memoryview(part)
+            if first:
+                view = memoryview(protocol.frame_header(size) + bytes(view))
+                first = False
+            self._out.append((view, []))
+        self._flush()
+
     def _flush(self) -> None:
         while self._out:
             data, fds = self._out[0]

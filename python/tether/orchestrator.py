@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -105,7 +104,7 @@ class Orchestrator:
         start-up, and layer sessions wait for it (``_on_layer``).  A failure after that
         point ends the session like a lost agent does (``serve``)."""
         self.target.check()
-        secret = self.agent_secret or secrets.token_hex(16)
+        secret = self.agent_secret or os.urandom(16).hex()  # as secrets.token_hex
         conn = await self.target.start_agent(secret, agent_log_level())
         self.agent = Link(conn.sock, name="agent-link", resumable=conn.reconnect is not None)
         self._tasks.append(asyncio.create_task(self.agent.serve()))
@@ -113,13 +112,13 @@ class Orchestrator:
         classes = feature_classes()  # imports: the agent starts up meanwhile
         auth = asyncio.create_task(self._authenticate(secret, timeout, conn.reconnect))
         self._tasks.append(auth)
-        environ = getattr(self.target, "environ", None)
-        early = environ is not None and not self._layer_config_needs_agent()
-        if not early:
-            await auth
         self.features = [cls(self) for cls in classes]
         for feature in self.features:
             self.layer_handlers.update(getattr(feature, "layer_handlers", dict)())
+        environ = getattr(self.target, "environ", None)
+        early = environ is not None and self._layer_config_without_agent()
+        if not early:
+            await auth
 
         remote_env: dict[str, str] = {}
         if self.config.feature.env.enabled:
@@ -180,11 +179,17 @@ class Orchestrator:
         assert self._finishing is not None
         await asyncio.shield(self._finishing)
 
-    def _layer_config_needs_agent(self) -> bool:
-        """Host names in the outgoing filter become the addresses the agent resolves them
-        to (features/outgoing.py): the layer's table waits for the agent then."""
-        flt = self.config.feature.network.outgoing.filter
-        return flt is not None and any(getattr(e, "host", None) for e in flt.entries)
+    def _layer_config_without_agent(self) -> bool:
+        """Can the layer's table be complete before the agent has answered?  A feature whose
+        ``start`` may shape its ``layer_config`` says so in ``prepare_layer_config`` (and
+        does there what it can without the agent); one that does not say is waited for."""
+        for feature in self.features:
+            if getattr(feature, "start", None) is None:
+                continue
+            prepare = getattr(feature, "prepare_layer_config", None)
+            if prepare is None or not prepare():
+                return False
+        return True
 
     async def _agent_failure_reason(self, exc: BaseException) -> str:
         failure = getattr(self.target, "agent_failure", None)

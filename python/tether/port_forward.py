@@ -79,7 +79,8 @@ class PortForwarder:
     def agent(self) -> Any:
         return self.orch.agent
 
-    async def listen(self) -> None:
+    def bind(self) -> None:
+        """Take the local ports first: a port in use fails before any agent starts."""
         for m in self.mappings:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -87,11 +88,14 @@ class PortForwarder:
                 sock.bind(("127.0.0.1", m.local_port))
             except OSError as exc:
                 sock.close()
-                raise OSError(exc.errno, f"-L {m.local_port}:{m.host}:{m.remote_port}: cannot "
-                              f"listen on 127.0.0.1:{m.local_port}: {exc.strerror}") from None
+                self.close()
+                raise OSError(f"-L {m.local_port}:{m.host}:{m.remote_port}: cannot listen on "
+                              f"127.0.0.1:{m.local_port}: {exc.strerror}") from None
             sock.listen(128)
             sock.setblocking(False)
             self.listeners.append(sock)
+
+    def serve(self) -> None:
         for m, sock in zip(self.mappings, self.listeners, strict=True):
             self.tasks.add(asyncio.create_task(self._accept(m, sock)))
 
@@ -158,14 +162,18 @@ def _reset(sock: socket.socket) -> None:
 async def run(orch: Any, mappings: list[Mapping]) -> str:
     """Start the agent, serve the mappings until the session ends; return why it ended
     ("" for Ctrl-C / SIGTERM)."""
-    await orch.start()
     forwarder = PortForwarder(orch, mappings)
+    forwarder.bind()
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(""))
     try:
-        await forwarder.listen()
+        await orch.start()
+        ready = getattr(orch, "ready", None)
+        if ready is not None:  # start() may return before the agent has answered
+            await ready()
+        forwarder.serve()
         for m in mappings:
             log.info("forwarding %s (in %s)", m, orch.target.describe())
         waits = {asyncio.ensure_future(stop): lambda r: str(r),

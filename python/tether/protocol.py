@@ -179,6 +179,26 @@ AGENT_LIMITS = Limits(frame=1024 * 1024 + 4096, str_len=1024 * 1024, bin_len=102
                       array_len=65536, map_len=65536)
 
 
+def pack_int(value: int) -> bytes:
+    """An integer in msgpack (for bodies assembled from parts, see relay.py)."""
+    packed: bytes = _packb(value)
+    return packed
+
+
+def bin_header(size: int) -> bytes:
+    """The msgpack header of a bin object of ``size`` bytes."""
+    if size < 256:
+        return b"\xc4" + bytes([size])
+    if size < 65536:
+        return b"\xc5" + size.to_bytes(2, "big")
+    return b"\xc6" + size.to_bytes(4, "big")
+
+
+def frame_header(size: int) -> bytes:
+    """The length prefix of a frame whose msgpack body has ``size`` bytes."""
+    return _HEADER.pack(size)
+
+
 def unpack(body: bytes | memoryview, limits: Limits | None = None) -> Message:
     try:
         if limits is None:

@@ -45,6 +45,9 @@ protocol.register("relay_ack", {"conn": (int, True), "n": (int, True)})
 protocol.register("relay_close", {"conn": (int, True), "errno": (int, False)})
 
 KINDS = ("relay_data", "relay_ack", "relay_close")
+# The start of a relay_data body, {"t": "relay_data", "conn": N, "data": <bin>}: a fixmap of
+# three, then "t"; RelayStream appends the conn number and the bin header to it.
+_DATA_HEAD = b"\x83\xa1t\xaarelay_data\xa4conn"
 
 # Bytes in flight per relayed stream before the reader waits for acks: enough to keep
 # a link busy, small enough that a slow reader cannot make the other side buffer a download.
@@ -76,11 +79,16 @@ class RelayStream:
 
     def __init__(self, conn: int, sock: socket.socket, send: Callable[[dict[str, Any]], None],
                  on_done: Callable[[int], None], started: bool = True,
-                 discard: bool = False) -> None:
+                 discard: bool = False, link: Any = None) -> None:
         self.conn = conn
         self.sock = sock
         sock.setblocking(False)
         self._send = send
+        # With the link itself, data goes out as a pre-encoded header plus the bytes read
+        # (no copy of a 256 KiB chunk into a frame).
+        self._send_frame = getattr(link, "send_frame", None)
+        self._data_head = _DATA_HEAD + protocol.pack_int(conn) + b"\xa4data"
+        self._writing = False
         self._on_done = on_done
         self._discard = discard
         self._loop = asyncio.get_running_loop()
@@ -99,6 +107,21 @@ class RelayStream:
 
     # -- from the link --
     def on_data(self, data: bytes) -> None:
+        if not self._writing and self._outq.empty() and not self._closed:
+            # Nothing queued: write at once (no task wake-up per chunk); what the socket
+            # does not take now goes to the writer, in order.
+            try:
+                n = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError:
+                self.abort()
+                return
+            if n:
+                self._tell({"t": "relay_ack", "conn": self.conn, "n": n})
+            if n == len(data):
+                return
+            data = data[n:]
         self._outq.put_nowait(data)
 
     def on_ack(self, n: int) -> None:
@@ -135,7 +158,7 @@ class RelayStream:
                 if self._discard:
                     continue
                 self._unacked += len(data)
-                if not self._tell({"t": "relay_data", "conn": self.conn, "data": data}):
+                if not self._send_data(data):
                     return
         except asyncio.CancelledError:
             return
@@ -149,6 +172,16 @@ class RelayStream:
         self._read_done = True
         self._maybe_done()
 
+    def _send_data(self, data: bytes) -> bool:
+        if self._send_frame is None:
+            return self._tell({"t": "relay_data", "conn": self.conn, "data": data})
+        head = self._data_head + protocol.bin_header(len(data))
+        try:
+            self._send_frame((head, data), len(head) + len(data))
+        except Exception:  # the link went away: the table resets everything
+            return False
+        return True
+
     async def _writer(self) -> None:
         try:
             while True:
@@ -157,7 +190,9 @@ class RelayStream:
                     with contextlib.suppress(OSError):
                         self.sock.shutdown(socket.SHUT_WR)
                     break
+                self._writing = True
                 await self._loop.sock_sendall(self.sock, data)
+                self._writing = False
                 self._tell({"t": "relay_ack", "conn": self.conn, "n": len(data)})
         except asyncio.CancelledError:
             return
@@ -207,13 +242,16 @@ class DatagramRelay:
     flood buffers nothing. A datagram that cannot be sent at once (EAGAIN, ICMP errors) is
     dropped too. ``learn_peer``: the socket is an unconnected loopback socket that the
     program's socket sends to; it connects to the first sender it hears from (loopback
-    only) and ignores everyone else. ``relay_close`` or the link closing ends the flow.
+    only) and ignores everyone else.  ``only_from``: datagrams from any other address
+    are dropped (the relay's private pair, features/outgoing.py).  ``relay_close`` or
+    the link closing ends the flow.
     """
 
     def __init__(self, conn: int, sock: socket.socket, send: Callable[[dict[str, Any]], None],
                  on_done: Callable[[int], None], started: bool = True,
-                 learn_peer: bool = False) -> None:
+                 learn_peer: bool = False, only_from: Any = None) -> None:
         self.conn = conn
+        self._only_from = tuple(only_from[:2]) if only_from is not None else None
         self.sock = sock
         sock.setblocking(False)
         self._send = send
@@ -240,6 +278,8 @@ class DatagramRelay:
                 return
             except OSError:  # an ICMP error on a connected socket: UDP just goes on
                 continue
+            if self._only_from is not None and tuple(addr[:2]) != self._only_from:
+                continue  # queued before the socket was connected: not the program's
             if self._peer is None:
                 if addr[0] not in ("127.0.0.1", "::1", "::ffff:127.0.0.1"):
                     continue

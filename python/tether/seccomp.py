@@ -52,7 +52,7 @@ from typing import Any
 
 from . import protocol
 from .elfinfo import inspect as inspect_elf
-from .features.files import ENOENT, EROFS, LOCAL, decide, program_config
+from .features.files import ENOENT, LOCAL, decide, program_config
 from .link import LinkClosed, RemoteError
 
 log = logging.getLogger("tether.seccomp")
@@ -286,8 +286,8 @@ class Supervisor:
         if decision == LOCAL:
             self._continue(nid)
             return None
-        if decision in (ENOENT, EROFS):
-            self._answer(nid, err=errno.ENOENT if decision == ENOENT else errno.EROFS)
+        if decision == ENOENT:
+            self._answer(nid, err=errno.ENOENT)
             return None
         return PathCall(nid, tid, name, path, flags, mode, buf, follow, size)
 
@@ -509,22 +509,20 @@ class Supervisor:
         """Links that cannot carry descriptors (Kubernetes): the outgoing feature's relay.
 
         The agent connects inside the target and relays over the link (TCP: a stream,
-        UDP and DNS: one message per datagram); here a loopback socket connected to the
-        relay's end replaces the program's, and the call returns 0 (a connect may complete
-        at once, also for non-blocking sockets)."""
+        UDP and DNS: one message per datagram); here the program's end of the relay's private
+        loopback pair (already connected, features/outgoing.private_pair) replaces the
+        program's socket, and the call returns 0 (a connect may complete at once, also for
+        non-blocking sockets)."""
         outgoing = _feature(self.orch, "outgoing")
         reply = await outgoing._out_connect(None, {  # noqa: SLF001
             "proto": proto, "family": family, "addr": socket.inet_pton(family, ip),
             "port": port, "connect": True})
-        if reply.get("result", 0) != 0 or not reply.get("relay"):
+        fds = reply.pop("_fds", [])
+        if reply.get("result", 0) != 0 or not fds:
             self._answer(nid, err=int(reply.get("result") or errno.ECONNREFUSED))
             return
-        raw_addr, relay_port = reply["relay"]
-        relay_family = socket.AF_INET6 if len(raw_addr) == 16 else socket.AF_INET
-        kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-        local = socket.socket(relay_family, kind)
+        local = socket.socket(fileno=fds[0])
         try:
-            local.connect((socket.inet_ntop(relay_family, raw_addr), int(relay_port)))
             _copy_options(sock, local.fileno())
             local.setblocking(not nonblocking)
             if not self._valid(nid):

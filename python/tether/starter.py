@@ -149,23 +149,25 @@ def layer_path() -> str:
 
 def run_exec(config: Any, target: Any, command: list[str]) -> NoReturn:
     layer_so = layer_path()
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    chan, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     live_r, live_w = os.pipe()
     parent_pid = os.getpid()
     started = time.monotonic()
     # Until the orchestrator is in its own session a terminal's Ctrl-C would reach it too:
-    # it inherits SIGINT blocked, and ignores it once it has left our process group.
+    # it inherits SIGINT blocked until it has left our process group.
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     pid = os.fork()
     if pid == 0:
-        ours.close()
+        chan.close()
         os.close(live_w)
         code = 1
         try:
             os.setsid()  # the terminal's Ctrl-C belongs to the program, not to us
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            # Out of the terminal's process group, a SIGINT is someone's `kill -INT` aimed
+            # at tether: it ends the session as SIGTERM does (the watchdog cleans up).
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             code = _orchestrator_main(config, target, theirs, live_r, parent_pid, layer_so,
                                       command)
@@ -178,15 +180,21 @@ def run_exec(config: Any, target: Any, command: list[str]) -> NoReturn:
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     theirs.close()
     os.close(live_r)
-    reply = _wait_ready(ours, started, target.describe())
+    # While the orchestrator works: is the program static (seccomp)?  Decided with our PATH;
+    # again below in the rare case the session's PATH differs (an explicit include).
+    path = os.environ.get("PATH")
+    static = _seccomp_wanted(command, {"PATH": path} if path is not None else {})
+    reply = _wait_ready(chan, started, target.describe())
     if reply is None:
         raise ExecError("the tether orchestrator exited before the session started "
                         "(run with TETHER_LOG=debug for details)")
     if reply["t"] == "session_failed":
         raise ExecError(reply["message"])
     env = reply["env"]
-    _hand_over_syscalls(ours, command, env)
-    ours.close()
+    if env.get("PATH") != path:
+        static = _seccomp_wanted(command, env)
+    _hand_over_syscalls(chan, command, env, static)
+    chan.close()
     env[LIVENESS_VAR] = str(_inheritable_high(live_w))
     if os.environ.get("TETHER_LOG", "").lower() == "debug":
         say(f"tether: session ready after {(time.monotonic() - started) * 1000:.0f} ms; "
@@ -292,9 +300,10 @@ def _go_run_through_launcher(command: list[str], env: dict[str, str]) -> bool:
     return True
 
 
-def _hand_over_syscalls(chan: socket.socket, command: list[str], env: dict[str, str]) -> None:
+def _hand_over_syscalls(chan: socket.socket, command: list[str], env: dict[str, str],
+                        static: bool) -> None:
     """Tell the orchestrator how the program is reached; for seccomp, hand it the listener."""
-    if not _seccomp_wanted(command, env) or _go_run_through_launcher(command, env):
+    if not static or _go_run_through_launcher(command, env):
         chan.sendall(protocol.encode({"t": "session_exec"}))
         return
     from .seccomp import install_filter
@@ -347,18 +356,19 @@ def _orchestrator_main(config: Any, target: Any, chan: socket.socket, live_r: in
     watchdog = start_watchdog(parent_pid, pipe_inode(live_r),
                               keep_going=os.environ.get("TETHER_KEEP_GOING") == "1")
     try:
-        # A process target forks its agent first, so that the agent's start-up and the
-        # orchestrator's (its imports below) run in parallel.
+        # What every session needs, imported before the agent is forked: it inherits them.
+        from .features import feature_classes
+        from .orchestrator import Orchestrator
+
+        feature_classes()
+        setup_logging()
+        # A process target forks its agent now, so that the agent's start-up runs in
+        # parallel with the rest of the orchestrator's.
         secret = ""
         prestart = getattr(target, "prestart_agent", None)
         if prestart is not None:
-            import secrets
-
-            secret = secrets.token_hex(16)
+            secret = os.urandom(16).hex()  # what secrets.token_hex does, without its imports
             prestart(secret, os.environ.get("TETHER_LOG", "info"))
-        from .orchestrator import Orchestrator
-
-        setup_logging()
         orch = Orchestrator(config=config, target=target, local_env=dict(os.environ),
                             cwd=os.getcwd(), layer_so=layer_so, agent_secret=secret,
                             watchdog=watchdog, command_name=os.path.basename(command[0]))

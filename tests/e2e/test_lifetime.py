@@ -81,22 +81,30 @@ def read_fifo(fifo: Path, timeout: float = 15) -> str:
         os.close(fd)
 
 
-@pytest.mark.parametrize("how", ["directly", "with env -i"])
+@pytest.fixture(scope="module")
+def c_daemon(tmp_path_factory):
+    exe = tmp_path_factory.mktemp("daemon") / "daemon-c"
+    subprocess.run(["gcc", "-O1", "-Wall", "-o", str(exe), str(PROGRAMS / "daemon.c")],
+                   check=True)
+    return str(exe)
+
+
+@pytest.mark.parametrize("how", ["python", "python with env -i", "C closing every fd"])
 def test_daemon_keeps_the_targets_dns_after_the_command_exits(target, session_tmp, tmp_path,
-                                                               how):
+                                                               c_daemon, how):
     go, result = tmp_path / "go", tmp_path / "result"
     os.mkfifo(go)
     os.mkfifo(result)
-    prefix = ["env", "-i"] if how == "with env -i" else []
+    program = {"python": [sys.executable, str(PROGRAMS / "daemon.py")],
+               "python with env -i": ["env", "-i", sys.executable, str(PROGRAMS / "daemon.py")],
+               "C closing every fd": [c_daemon]}[how]
     started = time.monotonic()
-    res = run_tether(target, [*prefix, sys.executable, str(PROGRAMS / "daemon.py"), str(go),
-                              str(result), POD_ONLY_NAME], session_tmp)
+    res = run_tether(target, [*program, str(go), str(result), POD_ONLY_NAME], session_tmp)
     # The command returned at once (tether holds no pipe of its caller) and said who keeps
     # the session.
     assert res.returncode == 0, res.stderr
     assert time.monotonic() - started < 15
     assert "keep the session open in the background" in res.stderr, res.stderr
-    assert "(python" in res.stderr
     assert processes_with(str(go)), "the session ended with the command"
     release(go)
     assert read_fifo(result) == f"ok {POD_ONLY_ADDR}"
@@ -191,3 +199,20 @@ def test_killed_orchestrator_with_keep_going_tells_once_and_lets_the_program_run
     os.killpg(proc.pid, signal.SIGTERM)
     proc.communicate(timeout=10)
     eventually_nothing_left(target, session_tmp, "keep-going-scene")
+
+
+def test_target_gone_while_only_background_processes_remain_tells_them_and_stops_them(
+        pod_factory, session_tmp, tmp_path):
+    target = pod_factory("lifetime-gone")
+    log = tmp_path / "worker.log"
+    res = run_tether(target, ["sh", "-c", f"sleep 30 >/dev/null 2>>'{log}' & echo started"],
+                     session_tmp)
+    assert "keep the session open in the background" in res.stderr, res.stderr
+    worker = int(re.search(r": (\d+) \(sleep\)", res.stderr).group(1))
+    os.kill(target.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{worker}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{worker}"), "the background process still runs"
+    assert f"target process {target.pid} has exited; stopping the program" in log.read_text()
+    eventually_nothing_left(target, session_tmp, f"2>>'{log}'")

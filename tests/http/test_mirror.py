@@ -76,3 +76,55 @@ def test_the_replay_is_the_same_whatever_the_segmentation(cuts):
         prev = cut
     r.answer(OK_CLOSE)
     assert r.closed() and r.backlog() == R1 + R2
+
+
+REQUESTS = {
+    "get": (b"GET /g HTTP/1.1\r\nHost: t\r\n\r\n", b"GET"),
+    "post": (b"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nbody", b"POST"),
+    "chunked": (b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                b"POST"),
+    "head": (b"HEAD /h HTTP/1.1\r\nHost: t\r\n\r\n", b"HEAD"),
+}
+ANSWERS = {
+    "length": b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
+    "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    "empty": b"HTTP/1.1 204 No Content\r\n\r\n",
+    "continue": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx",
+}
+
+
+@given(st.lists(st.sampled_from(sorted(REQUESTS)), min_size=1, max_size=6),
+       st.lists(st.sampled_from(sorted(ANSWERS)), max_size=6),
+       st.lists(st.integers(min_value=1, max_value=400), max_size=5),
+       st.integers(min_value=0, max_value=6))
+def test_the_fast_framing_agrees_with_the_full_framers(kinds, answer_kinds, cuts, answered):
+    client = b"".join(REQUESTS[k][0] for k in kinds)
+    answers = []
+    for k, a in zip(kinds, answer_kinds, strict=False):
+        if k == "head":  # a HEAD answer announces a length and has no body
+            answers.append(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n")
+        else:
+            answers.append(ANSWERS[a])
+    answers = answers[:answered]
+    fast, full = Replay(), Replay(fast=False)
+    prev = 0
+    for cut in sorted({c for c in cuts if c < len(client)}) + [len(client)]:
+        for r in (fast, full):
+            r.client(client[prev:cut])
+        prev = cut
+    for a in answers:
+        for r in (fast, full):
+            r.answer(a[:7])
+            r.answer(a[7:])
+    assert fast.unanswered == full.unanswered == len(kinds) - len(answers)
+    assert fast.closed() == full.closed()
+    assert fast.backlog() == full.backlog()
+    assert fast.lost == full.lost
+
+
+def test_fast_framing_costs_little_per_request():
+    """Not a timing test: counts that plain GETs never reach the full framers."""
+    r = Replay()
+    r.client(R0 * 50)
+    r.answer(OK * 50)
+    assert r._requests is None and r._answers is None and r.unanswered == 0

@@ -27,6 +27,7 @@ anything else stays in ErrImagePull/ImagePullBackOff, like a real kubelet.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import copy
 import ctypes
@@ -62,6 +63,7 @@ RESOURCES = {
     ("", "v1", "pods"): "Pod",
     ("", "v1", "services"): "Service",
     ("", "v1", "endpoints"): "Endpoints",
+    ("", "v1", "secrets"): "Secret",
     ("apps", "v1", "deployments"): "Deployment",
     ("apps", "v1", "replicasets"): "ReplicaSet",
     ("apps", "v1", "statefulsets"): "StatefulSet",
@@ -312,13 +314,96 @@ class Cluster:
 
     def delete_pod(self, ns: str, name: str) -> None:
         with self.lock:
-            self.objects.pop(("pods", ns, name), None)
+            pod = self.objects.pop(("pods", ns, name), None)
             doomed = [key for key in self.containers if key[:2] == (ns, name)]
+        if pod is not None:
+            self.collect_dependents(ns, pod["metadata"]["uid"])
         for key in doomed:
             self._kill(self.containers.pop(key))
         netns = self.netns.pop(name, None)
         if netns is not None:
             self.pods._teardown(netns.name)
+
+    # ---- secrets and the garbage collector ----
+    def create_secret(self, ns: str, body: dict[str, Any]) -> dict[str, Any]:
+        meta = body.setdefault("metadata", {})
+        meta["namespace"] = ns
+        body.setdefault("apiVersion", "v1")
+        body.setdefault("kind", "Secret")
+        if "stringData" in body:  # the API server folds stringData into data
+            body.setdefault("data", {}).update(
+                {k_: base64.b64encode(v.encode()).decode()
+                 for k_, v in body.pop("stringData").items()})
+        with self.lock:
+            if ("secrets", ns, meta.get("name", "")) in self.objects:
+                raise ApiError(409, "AlreadyExists", f'secrets "{meta["name"]}" already exists',
+                               {"name": meta["name"], "kind": "secrets"})
+            return self.put("secrets", body)
+
+    def collect_dependents(self, ns: str, owner_uid: str) -> None:
+        """What the garbage collector does: objects owned by a deleted one go with it."""
+        with self.lock:
+            dependents = [key for key, obj in self.objects.items() if key[1] == ns and any(
+                ref.get("uid") == owner_uid
+                for ref in obj["metadata"].get("ownerReferences") or [])]
+        for plural, _, name in dependents:
+            if plural == "pods":
+                self.delete_pod(ns, name)
+            else:
+                with self.lock:
+                    self.objects.pop((plural, ns, name), None)
+
+    def _secret_value(self, ns: str, name: str, key: str, wait: float = 10.0) -> bytes:
+        """A Secret's key, waiting for the Secret as a kubelet retries a missing one."""
+        deadline = time.monotonic() + wait
+        while True:
+            with self.lock:
+                obj = self.objects.get(("secrets", ns, name))
+            if obj is not None and key in (obj.get("data") or {}):
+                return base64.b64decode(obj["data"][key])
+            if time.monotonic() > deadline:
+                raise LookupError(f'secret "{name}" (key {key}) not found')
+            time.sleep(0.02)
+
+    def _env(self, ns: str, container: dict[str, Any]) -> dict[str, str]:
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        for e in container.get("env") or []:
+            ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+            if ref:
+                env[e["name"]] = self._secret_value(ns, ref["name"], ref["key"]).decode()
+            else:
+                env[e["name"]] = e.get("value", "")
+        return env
+
+    def _mount_secrets(self, ns: str, pod: str, pod_spec: dict[str, Any],
+                       container: dict[str, Any], argv: list[str]) -> list[str]:
+        """Secret volumes become files (0400) in a directory of the pod; the container runs
+        on the host here, so arguments naming the mount path are pointed at it."""
+        volumes = {v["name"]: v for v in pod_spec.get("volumes") or [] if v.get("secret")}
+        for mount in container.get("volumeMounts") or []:
+            vol = volumes.get(mount["name"])
+            if vol is None:
+                continue
+            where = self.workdir / "volumes" / f"{ns}.{pod}.{mount['name']}"
+            where.mkdir(parents=True, exist_ok=True)
+            name = vol["secret"]["secretName"]
+            deadline = time.monotonic() + 10
+            while True:
+                with self.lock:
+                    obj = self.objects.get(("secrets", ns, name))
+                if obj is not None or time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+            if obj is None:
+                raise LookupError(f'MountVolume.SetUp failed: secret "{name}" not found')
+            for key, value in (obj.get("data") or {}).items():
+                f = where / key
+                f.write_bytes(base64.b64decode(value))
+                f.chmod(vol["secret"].get("defaultMode", 0o644))
+            prefix = mount["mountPath"].rstrip("/") + "/"
+            argv = [str(where) + "/" + a[len(prefix):] if a.startswith(prefix) else a
+                    for a in argv]
+        return argv
 
     # ---- kubelet: agent containers ----
     def _command(self, container: dict[str, Any], target_pid: int | None) -> list[str]:
@@ -333,8 +418,7 @@ class Cluster:
 
     def _start(self, ns: str, pod: str, container: dict[str, Any], argv: list[str]) -> Container:
         log = self.workdir / f"{ns}.{pod}.{container['name']}.log"
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-        env.update({e["name"]: e.get("value", "") for e in container.get("env") or []})
+        env = self._env(ns, container)
         with open(log, "wb") as out:
             proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
@@ -347,8 +431,7 @@ class Cluster:
         cluster DNS and the namespace's search domains in its resolv.conf."""
         net, dns = self.cluster_network(), self.cluster_dns()
         log = self.workdir / f"{ns}.{pod}.{container['name']}.log"
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-        env.update({e["name"]: e.get("value", "") for e in container.get("env") or []})
+        env = self._env(ns, container)
         netns = self.pods(pod, env=env, behind=net, dns=dns.ip,
                           cmd=["sh", "-c", 'exec "$@" >>"$0" 2>&1', str(log), *argv])
         with open(f"/etc/netns/{netns.name}/resolv.conf", "a") as f:
@@ -441,7 +524,13 @@ class Cluster:
                 return
             argv = ["nsenter", f"--net={netns.netns_path}", "--"] + self._command(
                 container, netns.pid if target else None)
-            self._start(ns, pod, container, argv)
+            try:
+                self._start(ns, pod, container, argv)
+            except LookupError as exc:
+                self._set_state(ns, pod, field, name, image, k.V1ContainerState(
+                    waiting=k.V1ContainerStateWaiting(reason="CreateContainerConfigError",
+                                                      message=str(exc))))
+                return
             self._set_state(ns, pod, field, name, image, k.V1ContainerState(
                 running=k.V1ContainerStateRunning(started_at=now())))
 
@@ -501,10 +590,18 @@ class Cluster:
         if not self.images.search(image):
             self._pull_backoff(ns, pod_name, field, name, image)
             return
-        if pod["spec"].get("hostPID"):
-            self._start(ns, pod_name, container, self._command(container, None))
-        else:  # a pod of its own (targetless agent): a network namespace in the cluster
-            self._realize(ns, pod_name, container, self._command(container, None))
+        try:
+            argv = self._mount_secrets(ns, pod_name, pod["spec"], container,
+                                       self._command(container, None))
+            if pod["spec"].get("hostPID"):
+                self._start(ns, pod_name, container, argv)
+            else:  # a pod of its own (targetless agent): a network namespace in the cluster
+                self._realize(ns, pod_name, container, argv)
+        except LookupError as exc:
+            self._set_state(ns, pod_name, field, name, image, k.V1ContainerState(
+                waiting=k.V1ContainerStateWaiting(reason="CreateContainerConfigError",
+                                                  message=str(exc))))
+            return
         with self.lock:
             pod["status"]["phase"] = "Running"
             if pod_name in self.netns:
@@ -513,9 +610,10 @@ class Cluster:
             running=k.V1ContainerStateRunning(started_at=now())), ready=True)
 
     def delete_job(self, ns: str, name: str) -> None:
-        self.get("jobs", ns, name, "batch")
+        job = self.get("jobs", ns, name, "batch")
         with self.lock:
             self.objects.pop(("jobs", ns, name), None)
+        self.collect_dependents(ns, job["metadata"]["uid"])
         for pod in self.list("pods", ns, f"job-name={name}"):
             self.delete_pod(ns, pod["metadata"]["name"])
 
@@ -672,6 +770,9 @@ class StandIn:
                                       "kind": f"{kind}List",
                                       "metadata": {"resourceVersion": str(c._rv)},
                                       "items": items})
+        if request.method == "POST" and plural == "secrets":
+            c.check_rbac("create", plural, ns, None, group)
+            return web.json_response(c.create_secret(ns, await request.json()), status=201)
         if request.method == "POST" and plural == "jobs":
             c.check_rbac("create", plural, ns, None, group)
             body = await request.json()
@@ -695,6 +796,10 @@ class StandIn:
                 await asyncio.to_thread(c.delete_job, ns, name)
             elif plural == "pods":
                 await asyncio.to_thread(c.delete_pod, ns, name)
+            else:
+                with c.lock:
+                    c.objects.pop((plural, ns, name), None)
+                c.collect_dependents(ns, obj["metadata"]["uid"])
             return web.json_response(obj)
         raise ApiError(405, "MethodNotAllowed", f"{request.method} is not supported here")
 

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 from kubernetes import client as k
 from tether.config import AgentConfig
 from tether.targets import TargetError
-from tether.targets.kube_agent import ephemeral_container, job, plan, targetless_job
+from tether.targets.kube_agent import (
+    ephemeral_container,
+    job,
+    owner_reference,
+    plan,
+    secret_object,
+    targetless_job,
+)
 from tether.targets.kube_api import label_selector, resource_path
 from tether.targets.kube_resolve import PodRef, choose_container, parse_path, pod_state
 
@@ -66,15 +75,16 @@ def test_container_choice_skips_sidecars_and_honours_the_default_annotation():
         choose_container(annotated, "c", "pod/p")
 
 
-def test_ephemeral_container_spec_is_valid_for_the_client_and_keeps_the_secret_off_argv():
+def test_ephemeral_container_takes_the_secret_by_reference_only():
     cfg = AgentConfig(disabled_capabilities=("CAP_NET_RAW",), ttl=5)
     p = plan(cfg)
-    body = ephemeral_container(p, POD, cfg, "s3cret", "info")
+    body = ephemeral_container(p, POD, cfg, "info")
     [c] = body["spec"]["ephemeralContainers"]
     k.ApiClient()._ApiClient__deserialize(c, "V1EphemeralContainer")
     assert c["targetContainerName"] == "app"
-    assert "s3cret" not in " ".join(c["command"] + c["args"])
-    assert {"name": "TETHER_AGENT_SECRET", "value": "s3cret"} in c["env"]
+    assert {"name": "TETHER_AGENT_SECRET", "valueFrom": {"secretKeyRef": {
+        "name": p.name, "key": "secret"}}} in c["env"]
+    assert all("value" not in e for e in c["env"] if e["name"] == "TETHER_AGENT_SECRET")
     assert "NET_RAW" not in c["securityContext"]["capabilities"]["add"]
     assert c["args"][c["args"].index("--idle-exit") + 1] == "5"
     assert f"127.0.0.1:{p.port}" in c["args"]
@@ -82,7 +92,7 @@ def test_ephemeral_container_spec_is_valid_for_the_client_and_keeps_the_secret_o
 
 def test_job_spec_is_pinned_labelled_and_expires():
     cfg = AgentConfig(ttl=3, labels={"team": "a"}, image_pull_secrets=("regcred",))
-    body = job(plan(cfg), POD, cfg, "s3cret", "info")
+    body = job(plan(cfg), POD, cfg, "info")
     model = k.ApiClient()._ApiClient__deserialize(body, "V1Job")
     assert model.spec.ttl_seconds_after_finished == 3
     spec = body["spec"]["template"]["spec"]
@@ -94,9 +104,28 @@ def test_job_spec_is_pinned_labelled_and_expires():
     assert args[:3] == ["--container-id", "containerd://feed", "--enter-netns"]
 
 
+def test_job_mounts_the_secret_as_a_file_and_the_secret_is_owned_by_the_job():
+    cfg = AgentConfig()
+    p = plan(cfg)
+    body = job(p, POD, cfg, "info")
+    spec = body["spec"]["template"]["spec"]
+    [c] = spec["containers"]
+    assert c["env"] == []  # nothing of the secret in the Job
+    assert spec["volumes"] == [{"name": "session-secret", "secret": {
+        "secretName": p.name, "defaultMode": 0o400}}]
+    mount = c["volumeMounts"][0]
+    assert mount["readOnly"] and c["args"][-2:] == ["--secret-file",
+                                                    f"{mount['mountPath']}/secret"]
+    owner = owner_reference("batch/v1", "Job", p.name, "uid-1")
+    obj = secret_object(p, "s3cret", owner)
+    k.ApiClient()._ApiClient__deserialize(obj, "V1Secret")
+    assert obj["metadata"]["ownerReferences"] == [owner]
+    assert base64.b64decode(obj["data"]["secret"]) == b"s3cret"
+
+
 def test_targetless_job_is_an_ordinary_pod_of_the_namespace():
     agent = AgentConfig(ttl=7, labels={"team": "a"}, image_pull_secrets=("regcred",))
-    body = targetless_job(plan(agent), agent, "s3cret", "debug")
+    body = targetless_job(plan(agent), agent, "debug")
     spec = body["spec"]["template"]["spec"]
     [c] = spec["containers"]
     assert "--targetless" in c["args"] and "--target-pid" not in c["args"]
@@ -104,8 +133,7 @@ def test_targetless_job_is_an_ordinary_pod_of_the_namespace():
     assert body["spec"]["ttlSecondsAfterFinished"] == 7
     assert not {"hostPID", "nodeName", "tolerations"} & set(spec)  # no node to follow
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    assert c["env"] == [{"name": "TETHER_AGENT_SECRET", "value": "s3cret"}]
-    assert "s3cret" not in " ".join(c["args"])
+    assert c["env"] == [] and "--secret-file" in c["args"]
     labels = body["spec"]["template"]["metadata"]["labels"]
     assert labels["tether.dev/targetless"] == "true" and labels["team"] == "a"
     assert labels["app.kubernetes.io/managed-by"] == "tether"

@@ -6,6 +6,7 @@ The config files are the seed's shape: ``{"target": {"path": "deployment/silly-d
 
 from __future__ import annotations
 
+import base64
 import sys
 import time
 
@@ -100,6 +101,14 @@ def test_forbidden_ephemeral_containers_names_the_subresource(kube, kube_tether)
     assert 'resources: ["pods/ephemeralcontainers"], verbs: ["patch"]' in line
 
 
+def test_forbidden_secrets_name_the_rule_and_leave_no_job(kube, kube_tether):
+    kube.deploy("silly-demo", "staging")
+    kube.forbid("create", "secrets")
+    line = one_line_error(kube_tether(PRINTENV, config=SEED))
+    assert '{apiGroups: [""], resources: ["secrets"], verbs: ["create"]}' in line
+    assert kube.list("jobs", "staging") == []
+
+
 def test_forbidden_port_forward_names_the_rule(kube, kube_tether):
     kube.deploy("silly-demo", "staging")
     kube.forbid("create", "pods/portforward")
@@ -182,6 +191,42 @@ def test_deleting_the_target_pod_ends_the_program_with_a_message(kube, kube_teth
     res = box["res"]
     assert res.returncode != 0
     assert f"target pod/{pod['metadata']['name']} was deleted" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("ephemeral", [False, True], ids=["job", "ephemeral"])
+def test_the_session_secret_is_in_no_pod_or_job_and_goes_with_the_session(
+        kube, kube_env, tmp_path, ephemeral):
+    """Whoever may get pods and jobs learns nothing that lets them talk to the agent."""
+    import json
+    import subprocess
+
+    from e2e_support import tether_cmd
+
+    kube.deploy("silly-demo", "staging", env=POD_ENV)
+    cfg = tmp_path / "tether.json"
+    cfg.write_text(json.dumps(with_agent(ephemeral=ephemeral)))
+    proc = subprocess.Popen(
+        tether_cmd() + ["exec", "-f", str(cfg), "--", sys.executable, "-c",
+                        "import sys; print('up', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=kube_env, cwd=tmp_path)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+        [secret] = kube.list("secrets", "staging", "app.kubernetes.io/managed-by=tether")
+        value = base64.b64decode(secret["data"]["secret"]).decode()
+        assert len(value) >= 32
+        [owner] = secret["metadata"]["ownerReferences"]
+        if ephemeral:
+            assert owner["kind"] == "Pod" and owner["name"].startswith("silly-demo-")
+        else:
+            [job] = kube.list("jobs", "staging")
+            assert (owner["kind"], owner["uid"]) == ("Job", job["metadata"]["uid"])
+        readable = json.dumps([kube.list("pods", "staging"), kube.list("jobs", "staging")])
+        assert value not in readable
+    finally:
+        _out, err = proc.communicate("", timeout=30)
+    assert proc.returncode == 0, err
+    assert kube.list("secrets", "staging") == []
 
 
 def test_ls_where_nothing_may_be_listed_says_so_once(kube, kube_tether):

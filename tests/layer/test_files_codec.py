@@ -18,7 +18,7 @@ from tether.features.files import (
 )
 from tether.messages_files import STAT_FIELDS, STATFS_FIELDS
 
-LOCAL, REMOTE, ENOENT, EROFS = 0, 1, 2, 3
+LOCAL, REMOTE, ENOENT = 0, 1, 2
 
 
 def table(mode: str = "read", **lists: list[str]) -> str:

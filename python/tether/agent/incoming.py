@@ -151,7 +151,9 @@ class IncomingAgent:
         # port nobody accepts on.
         self._ensure_listener()
         assert self.redirector is not None
-        await self._concurrent_steal(port, matcher is None, on_concurrent_steal)
+        # A filter limited to other ports (http_filter.ports) steals this one whole.
+        whole = matcher is None or not matcher.applies_to_port(port)
+        await self._concurrent_steal(port, whole, on_concurrent_steal)
         # Connections an earlier agent stole leave entries NATed to its listener; a client
         # that reuses its port would meet that dead listener instead of this redirect.
         live = conntrack.listening_ports()
@@ -159,7 +161,7 @@ class IncomingAgent:
         self.subs[port] = Subscription(port, mode, matcher)
         self._stolen.add(port)
         try:
-            self.redirector.add(port, self.listen_port, whole=matcher is None)
+            self.redirector.add(port, self.listen_port, whole=whole)
         except RedirectError as exc:
             del self.subs[port]
             raise RemoteError("redirect", f"cannot steal port {port}: {exc}") from None

@@ -85,10 +85,13 @@ async def _agent_connect(link: Link, msg: Message) -> Message:
     table = relay.table(link)
     conn = relay.next_conn()
     local = _local(sock)
+    # Reading starts at once: the reply naming the stream leaves before any relay_data of
+    # it (one link, in order), and the orchestrator registers its end as the reply arrives,
+    # so the first byte does not wait for an extra round trip.
     if sock.type == socket.SOCK_DGRAM:  # connected to the destination: one datagram a message
-        table.add(DatagramRelay(conn, sock, link.send, table.done, started=False))
+        table.add(DatagramRelay(conn, sock, link.send, table.done))
     else:
-        table.add(RelayStream(conn, sock, link.send, table.done, started=False))
+        table.add(RelayStream(conn, sock, link.send, table.done, link=link))
     return {"t": "agent_connect_reply", "result": 0, "local": local, "conn": conn}
 
 

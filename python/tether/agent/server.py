@@ -89,9 +89,10 @@ def all_handlers() -> dict[str, Handler]:
 
 
 # Before authentication a client gets one small frame, read within AUTH_TIMEOUT; at most
-# MAX_UNAUTHENTICATED such clients wait at once (the newest beyond that is dropped).
+# MAX_UNAUTHENTICATED such clients wait at once (beyond that, the oldest is dropped).
 AUTH_TIMEOUT = 3.0
-MAX_UNAUTHENTICATED = 16
+MAX_UNAUTHENTICATED = 64
+INHERITED_AUTH_TIMEOUT = 120.0
 
 
 class AuthFailed(Exception):
@@ -133,14 +134,15 @@ def _refuse(sock: socket.socket, msg: Message | None, code: str, text: str) -> N
     sock.close()
 
 
-async def authenticate(ctx: AgentContext, sock: socket.socket) -> int | None:
+async def authenticate(ctx: AgentContext, sock: socket.socket,
+                       timeout: float = AUTH_TIMEOUT) -> int | None:
     """Read and check the client's ``auth`` frame; the request id to answer, or None (the
     client was told why, if it asked properly, and its socket closed)."""
     msg: Message | None = None
     try:
-        msg = await asyncio.wait_for(read_auth(sock), AUTH_TIMEOUT)
+        msg = await asyncio.wait_for(read_auth(sock), timeout)
     except TimeoutError:
-        log.warning("dropped a client that did not authenticate within %.0f s", AUTH_TIMEOUT)
+        log.warning("dropped a client that did not authenticate within %.0f s", timeout)
         sock.close()
         return None
     except (AuthFailed, OSError) as exc:
@@ -180,7 +182,9 @@ async def serve_connection(ctx: AgentContext, sock: socket.socket) -> str:
     # Import every feature module before the orchestrator's first frame can arrive: on a
     # process target the orchestrator is busy starting up meanwhile, so this costs no time.
     handlers = all_handlers()
-    request_id = await authenticate(ctx, sock)
+    # The socket is private to our parent, which may still be starting up on a busy
+    # machine: the frame is bounded as for anyone, the deadline is the orchestrator's own.
+    request_id = await authenticate(ctx, sock, INHERITED_AUTH_TIMEOUT)
     if request_id is None:
         return "the orchestrator did not authenticate"
     link = Link(sock, handlers, name="agent", limits=protocol.AGENT_LIMITS)
@@ -209,21 +213,28 @@ class AgentServer:
         self.link: Link | None = None
         self.ended = asyncio.Event()
         self.authenticated = asyncio.Event()
-        self._pending: set[asyncio.Task[None]] = set()
+        self._pending: dict[asyncio.Task[None], None] = {}  # in arrival order
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def admit(self, sock: socket.socket) -> None:
         if len(self._pending) >= MAX_UNAUTHENTICATED:
-            log.warning("%d clients waiting to authenticate; dropped a new one",
-                        len(self._pending))
-            sock.close()
-            return
+            # The one that has waited longest goes: a real orchestrator sends its auth
+            # frame at once, so a flood of silent connections cannot keep it out.
+            oldest = next(iter(self._pending))
+            self._pending.pop(oldest)
+            oldest.cancel()
+            log.warning("%d clients waiting to authenticate; dropped the oldest",
+                        MAX_UNAUTHENTICATED)
         task = asyncio.get_running_loop().create_task(self._admit(sock))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._pending[task] = None
+        task.add_done_callback(lambda t: self._pending.pop(t, None))
 
     async def _admit(self, sock: socket.socket) -> None:
-        request_id = await authenticate(self.ctx, sock)
+        try:
+            request_id = await authenticate(self.ctx, sock)
+        except asyncio.CancelledError:
+            sock.close()
+            raise
         if request_id is None:
             return
         if self.ended.is_set():

@@ -1,7 +1,7 @@
 """Remote files (feature.fs), orchestrator side: the layer's decision table and the
 ``fs_*`` requests it sends when a path is remote.
 
-The C layer decides local / remote / ENOENT / EROFS without a round trip, from the table
+The C layer decides local / remote / ENOENT without a round trip, from the table
 ``layer_config()`` builds: the mode, the default local paths (``default_local()``), and
 the user's ``read_write``/``read_only``/``local``/``not_found`` regexes translated to
 POSIX EREs (``to_ere``), which the layer compiles once with ``regcomp``.  Only remote
@@ -65,8 +65,8 @@ REMOTE_READ_ONLY = ("/etc/resolv.conf", "/etc/hosts", "/etc/hostname")
 # What a resolver that reads its configuration itself (Go's, a static libc's) reads: from
 # the target whenever DNS goes through the target, whatever feature.fs says.
 RESOLVER_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf")
-# decide()'s answers (the layer's FS_* values).
-LOCAL, REMOTE, ENOENT, EROFS = 0, 1, 2, 3
+# decide()'s answers (the layer's FS_* values; a write in read mode is LOCAL, as in mirrord).
+LOCAL, REMOTE, ENOENT = 0, 1, 2
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _RELAY_CHUNK = 4 << 20
@@ -233,7 +233,7 @@ def program_config(layer_config: str, exe: str) -> str:
 
 
 def decide(config: str, path: str, write: bool, resolver_files: bool = False) -> int:
-    """LOCAL, REMOTE, ENOENT or EROFS for an absolute ``path`` under ``config`` (a layer
+    """LOCAL, REMOTE or ENOENT for an absolute ``path`` under ``config`` (a layer
     config), exactly as the layer decides; ``resolver_files``: RESOLVER_FILES are read
     from the target (DNS goes there)."""
     if resolver_files and not write and path in RESOLVER_FILES:

@@ -25,12 +25,30 @@ class Feature:
         self.orch = orch
         self.enabled = bool(orch.config.feature.hostname)
         self.hostname: str | None = None
+        self._asked = False  # the target's answer is in (even one the layer cannot carry)
+
+    def prepare_layer_config(self) -> bool:
+        """A target on this machine names its host without the agent (``hostname()`` of a
+        process target); then the layer's table is complete before ``start``."""
+        local = getattr(self.orch.target, "hostname", None)
+        if not self.enabled:
+            return True
+        if local is None:
+            return False
+        try:
+            self._accept(local())
+        except Exception:  # the agent's answer will say why
+            return False
+        return True
 
     async def start(self) -> None:
-        if not self.enabled:
+        if not self.enabled or self._asked:
             return
         reply = await self.orch.agent.call({"t": "agent_hostname"})
-        name = str(reply["hostname"])
+        self._accept(str(reply["hostname"]))
+
+    def _accept(self, name: str) -> None:
+        self._asked = True
         if _NAME.match(name):
             self.hostname = name
             log.debug("hostname: %s", name)

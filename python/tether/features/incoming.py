@@ -241,10 +241,12 @@ class Feature:
                     self._end(f"cannot {self.cfg.mode} port {port} of the target: {exc}")
                     return {"t": "in_listen_reply", "ok": False}
                 sub = self.subs[port] = PortSub(port)
-                log.info("%s port %d of the target -> local %s:%d%s",
+                log.info("%s port %d of the target -> local %s:%d%s%s",
                          "stealing" if self.cfg.mode == "steal" else "mirroring", port,
                          listener.addr, listener.port,
-                         " (relayed over the agent link)" if self._relayed() else "")
+                         " (relayed over the agent link)" if self._relayed() else "",
+                         ", only requests the http_filter matches"
+                         if self._spec(port) is not None else "")
             sub.listeners.append(listener)
         asyncio.get_running_loop().create_task(self._watch_session(link, port, listener))
         return {"t": "in_listen_reply", "ok": True, "port": port, "want": want}
@@ -320,7 +322,7 @@ class Feature:
             shadow_key = (port, *peer) if self.shadow is not None else None
             coro = self._mirror_relay(remote, *local, port, peer, shadow_key)
         else:
-            coro = self._relay(remote, *local, False)
+            coro = self._relay(remote, *local)
         task = asyncio.get_running_loop().create_task(coro)
         self.relays.add(task)
         task.add_done_callback(self.relays.discard)
@@ -398,45 +400,28 @@ class Feature:
                 sock.close()
         return None
 
-    async def _relay(self, remote: socket.socket, local: socket.socket, lport: int,
-                     mirror: bool, shadow_key: tuple[int, str, int] | None = None) -> None:
+    async def _relay(self, remote: socket.socket, local: socket.socket, lport: int) -> None:
+        """A stolen connection: bytes both ways between the client and the program."""
         loop = asyncio.get_running_loop()
-        # Shadow: frame the copy (requests) and the program's answers, compare in the book.
-        ex = None
-        if shadow_key is not None:
-            from ..http import shadow as shadow_mod
 
-            ex = shadow_mod.Exchanges()
-
-        async def pump(src: socket.socket, dst: socket.socket | None) -> None:
+        async def pump(src: socket.socket, dst: socket.socket) -> None:
             try:
                 while True:
                     data = await loop.sock_recv(src, READ_SIZE)
                     if not data:
                         break
-                    if ex is not None and self.shadow is not None and shadow_key is not None:
-                        if src is remote:
-                            ex.client(data)
-                        elif ex.broken is None:
-                            self.shadow.add(shadow_key, "local", ex.server(data))
-                    if dst is not None:
-                        await loop.sock_sendall(dst, data)
+                    await loop.sock_sendall(dst, data)
             except OSError:
                 pass
-            if dst is not None:
-                with contextlib.suppress(OSError):
-                    dst.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
 
         try:
-            await asyncio.gather(pump(remote, local), pump(local, None if mirror else remote))
+            await asyncio.gather(pump(remote, local), pump(local, remote))
         finally:
             self.peers.pop(lport, None)
             remote.close()
             local.close()
-            if ex is not None and self.shadow is not None and shadow_key is not None:
-                if ex.broken is not None:
-                    self.shadow.skip(shadow_key, ex.broken)
-                self.shadow.ended(shadow_key, "local")
 
     async def _mirror_relay(self, remote: socket.socket, local: socket.socket, lport: int,
                             port: int, peer: tuple[str, int],

@@ -8,15 +8,17 @@ TETHER_LAYER_CONFIG (``layer_config``).  Remote calls come here:
   carry descriptors (process targets) the socket itself is passed on to the layer, which
   installs it over the program's descriptor: no byte of the connection crosses Python.
   Otherwise (TCP links to Kubernetes agents, or TETHER_OUTGOING_RELAY=1 to test and
-  measure it) the agent connects and relays the bytes over the link, and this side gives
-  the layer a one-shot loopback listener to connect the program's socket to (UDP: a
-  loopback UDP port, each datagram relayed as one message).
+  measure it) the agent connects and relays the bytes over the link, and this side hands
+  the layer one end of a private loopback pair (``private_pair``: TCP or UDP, connected to
+  nothing but our end), installed over the program's descriptor as in fd mode; each UDP
+  datagram is relayed as one message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -33,7 +35,72 @@ from ..relay import DatagramRelay, RelayStream, RelayTable
 
 log = logging.getLogger("tether.outgoing")
 
-ACCEPT_TIMEOUT = 10.0
+_LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
+_v6_loopback: bool | None = None
+
+
+def private_pair(family: int, kind: int) -> tuple[socket.socket, socket.socket]:
+    """Two loopback sockets connected to each other and to nobody else: (ours, the program's).
+
+    TCP: a listener that lives only while our own connect is accepted; any other connection
+    that reaches it meanwhile (a local process watching /proc/net/tcp) is closed, never
+    served.  UDP: two bound sockets connected to each other, so the kernel drops datagrams
+    from any other sender.  The program's end keeps the program's address family where
+    loopback allows (no ::1 here: IPv4)."""
+    global _v6_loopback
+    if family == socket.AF_INET6 and _v6_loopback is None:
+        try:
+            with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+                probe.bind(("::1", 0))
+            _v6_loopback = True
+        except OSError:
+            _v6_loopback = False
+    if family != socket.AF_INET6 or not _v6_loopback:
+        family = socket.AF_INET
+    host = _LOOPBACK[family]
+    if kind == socket.SOCK_DGRAM:
+        ours, theirs = socket.socket(family, kind), socket.socket(family, kind)
+        try:
+            ours.bind((host, 0))
+            # connect() binds the program's end and fixes its peer in one step: it is never
+            # open to other senders.  Ours was, between bind and connect: what arrived then
+            # is thrown away, and the relay also drops anything not from the program's end.
+            theirs.connect(ours.getsockname())
+            ours.connect(theirs.getsockname())
+            ours.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    ours.recv(1)
+        except OSError:
+            ours.close()
+            theirs.close()
+            raise
+        return ours, theirs
+    listener = socket.socket(family, kind)
+    theirs = socket.socket(family, kind)
+    try:
+        listener.settimeout(1.0)
+        listener.bind((host, 0))
+        listener.listen(8)
+        theirs.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            theirs.connect(listener.getsockname())
+        me = theirs.getsockname()
+        for _ in range(64):
+            ours, peer = listener.accept()
+            if peer[:2] == me[:2]:
+                break
+            ours.close()  # someone else raced to the port: never served
+        else:
+            raise OSError(errno.EADDRINUSE, "the relay's loopback port was flooded")
+    except OSError:
+        theirs.close()
+        raise
+    finally:
+        listener.close()
+    theirs.setblocking(True)
+    ours.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return ours, theirs
 
 
 def relay_forced() -> bool:
@@ -49,7 +116,6 @@ class Feature:
         self.relays: RelayTable | None = None
         self._resolved: dict[str, list[str]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._v6_loopback: bool | None = None
 
     @property
     def agent(self) -> Link:
@@ -65,6 +131,11 @@ class Feature:
     async def start(self) -> None:
         self.relays = relay.table(self.agent)  # shared with incoming; reset when the link ends
         await self._resolve_filter_names()
+
+    def prepare_layer_config(self) -> bool:
+        """The table is complete before ``start`` unless the filter names hosts (the agent
+        resolves them there)."""
+        return self.out.filter is None or not any(e.host for e in self.out.filter.entries)
 
     async def stop(self) -> None:
         if self.relays is not None:
@@ -147,85 +218,31 @@ class Feature:
                 out["_fds"] = fds
             return out
         req["relay"] = True
-        if msg["proto"] != "tcp":
-            return await self._out_udp_relay(req, int(msg["family"]))
-        listener, relay_addr = self._listener(int(msg["family"]))
-        try:
-            reply = await self.agent.call(req)
-        except BaseException:
-            listener.close()
-            raise
+        udp = msg["proto"] != "tcp"
+        if udp:
+            req["connect"] = True  # one destination per relayed UDP socket
+        reply = await self.agent.call(req)
         if reply["result"] != 0:
-            listener.close()
-            return {"t": "out_connect_reply", "mode": "relay", "result": reply["result"]}
-        task = asyncio.create_task(self._accept_relay(listener, int(reply["conn"])))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return {"t": "out_connect_reply", "mode": "relay", "result": 0,
-                "local": reply.get("local", []), "relay": relay_addr}
-
-    async def _out_udp_relay(self, req: Message, family: int) -> Message:
-        """UDP over the relay: the agent's socket is connected to the destination (also for
-        the sendto case: one destination per relayed socket); the layer connects the
-        program's socket to a loopback UDP port of ours, and each datagram crosses the link
-        as one ``relay_data`` (see relay.DatagramRelay)."""
-        req["connect"] = True
-        sock, relay_addr = self._listener(family, socket.SOCK_DGRAM)
-        try:
-            reply = await self.agent.call(req)
-        except BaseException:
-            sock.close()
-            raise
-        if reply["result"] != 0:
-            sock.close()
             return {"t": "out_connect_reply", "mode": "relay", "result": reply["result"]}
         conn = int(reply["conn"])
-        log.debug("udp relay %d: port %d", conn, relay_addr[1])
-        relays = relay.table(self.agent)
-        relays.add(DatagramRelay(conn, sock, self._send_agent, relays.done, learn_peer=True))
-        self._send_agent({"t": "relay_ack", "conn": conn, "n": 0})  # the agent may start reading
-        return {"t": "out_connect_reply", "mode": "relay", "result": 0,
-                "local": reply.get("local", []), "relay": relay_addr}
-
-    # ---- relay ----
-    def _listener(self, family: int,
-                  kind: int = socket.SOCK_STREAM) -> tuple[socket.socket, list[Any]]:
-        """A one-shot listener on loopback for the program's socket to connect to (or, for
-        SOCK_DGRAM, a loopback UDP port for it to send to)."""
-        if family == socket.AF_INET6 and self._v6_loopback is not False:
-            try:
-                s = socket.socket(socket.AF_INET6, kind)
-                s.bind(("::1", 0))
-                self._v6_loopback = True
-            except OSError:
-                self._v6_loopback = False
-                s.close()
-            else:
-                if kind == socket.SOCK_STREAM:
-                    s.listen(1)
-                s.setblocking(False)
-                return s, [socket.inet_pton(socket.AF_INET6, "::1"), s.getsockname()[1]]
-        s = socket.socket(socket.AF_INET, kind)
-        s.bind(("127.0.0.1", 0))
-        if kind == socket.SOCK_STREAM:
-            s.listen(1)
-        s.setblocking(False)
-        return s, [socket.inet_pton(socket.AF_INET, "127.0.0.1"), s.getsockname()[1]]
-
-    async def _accept_relay(self, listener: socket.socket, conn: int) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            sock, _ = await asyncio.wait_for(loop.sock_accept(listener), ACCEPT_TIMEOUT)
-        except (TimeoutError, OSError):
+            ours, theirs = private_pair(int(msg["family"]),
+                                        socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+        except OSError as exc:
             with contextlib.suppress(Exception):
-                self.agent.send({"t": "relay_close", "conn": conn, "errno": 110})
-            return
-        finally:
-            listener.close()
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.agent.send({"t": "relay_close", "conn": conn, "errno": exc.errno or 24})
+            raise
         relays = relay.table(self.agent)
-        relays.add(RelayStream(conn, sock, self._send_agent, relays.done))
+        if udp:
+            relays.add(DatagramRelay(conn, ours, self._send_agent, relays.done,
+                                     only_from=theirs.getsockname()))
+        else:
+            relays.add(RelayStream(conn, ours, self._send_agent, relays.done, link=self.agent))
         self._send_agent({"t": "relay_ack", "conn": conn, "n": 0})  # the agent may start reading
+        # The program gets the other end, already connected: there is no listener for another
+        # process to reach first (the layer installs it over the program's socket).
+        return {"t": "out_connect_reply", "mode": "relay", "result": 0,
+                "local": reply.get("local", []), "_fds": [theirs.detach()]}
 
     def _send_agent(self, msg: dict[str, Any]) -> None:
         self.agent.send(msg)

@@ -13,11 +13,16 @@ always reaches it through the target pod's port-forward:
 Targetless sessions (``targetless_job``) have no target pod: the agent's own pod is the
 network context and the port-forward goes to it.
 
-The session secret travels in the container's environment (``TETHER_AGENT_SECRET``).
+The session secret lives in a Secret of its own (``secret_object``), never in a pod or Job
+spec, so whoever may only get pods and jobs cannot read it: the Job's pod mounts it as a
+file (``--secret-file``); an ephemeral container (which cannot add volumes to a pod) gets
+it through ``env.valueFrom.secretKeyRef``.  The Secret is owned by the Job (or by the target
+pod for an ephemeral container), so the garbage collector removes it with its owner.
 """
 
 from __future__ import annotations
 
+import base64
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -58,14 +63,48 @@ def _idle_exit(agent: AgentConfig) -> str:
     return str(max(1, int(agent.ttl)))
 
 
-def _env(secret: str, agent: AgentConfig) -> list[dict[str, str]]:
-    env = [{"name": "TETHER_AGENT_SECRET", "value": secret}]
+SECRET_KEY = "secret"
+SECRET_DIR = "/var/run/tether"
+SECRET_VOLUME = "session-secret"
+
+
+def secret_object(p: AgentPlan, secret: str, owner: dict[str, Any]) -> dict[str, Any]:
+    """The Secret holding the session secret (same name as the agent), owned by ``owner``
+    (an ownerReference: the Job, or the target pod for an ephemeral container)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": p.name, "labels": dict(LABELS), "ownerReferences": [owner]},
+        "type": "Opaque",
+        "data": {SECRET_KEY: base64.b64encode(secret.encode()).decode()},
+    }
+
+
+def owner_reference(api_version: str, kind: str, name: str, uid: str) -> dict[str, Any]:
+    return {"apiVersion": api_version, "kind": kind, "name": name, "uid": uid,
+            "blockOwnerDeletion": False}
+
+
+def _env(agent: AgentConfig, p: AgentPlan | None = None) -> list[dict[str, Any]]:
+    """The agent's environment; with ``p``, the secret comes from the Secret by reference."""
+    env: list[dict[str, Any]] = []
+    if p is not None:
+        env.append({"name": "TETHER_AGENT_SECRET", "valueFrom": {
+            "secretKeyRef": {"name": p.name, "key": SECRET_KEY}}})
     if agent.json_log:
         env.append({"name": "TETHER_LOG_JSON", "value": "1"})
     return env
 
 
-def ephemeral_container(p: AgentPlan, target: PodRef, agent: AgentConfig, secret: str,
+def _secret_volume(p: AgentPlan) -> dict[str, Any]:
+    return {"name": SECRET_VOLUME, "secret": {"secretName": p.name, "defaultMode": 0o400}}
+
+
+_SECRET_MOUNT = {"name": SECRET_VOLUME, "mountPath": SECRET_DIR, "readOnly": True}
+_SECRET_ARGS = ["--secret-file", f"{SECRET_DIR}/{SECRET_KEY}"]
+
+
+def ephemeral_container(p: AgentPlan, target: PodRef, agent: AgentConfig,
                         log_level: str) -> dict[str, Any]:
     """The body for ``PATCH pods/<name>/ephemeralcontainers`` (strategic merge)."""
     container: dict[str, Any] = {
@@ -75,7 +114,7 @@ def ephemeral_container(p: AgentPlan, target: PodRef, agent: AgentConfig, secret
         "command": ["tether-agent"],
         "args": ["--listen", f"127.0.0.1:{p.port}", "--target-pid", "1",
                  "--idle-exit", _idle_exit(agent), "--log-level", log_level],
-        "env": _env(secret, agent),
+        "env": _env(agent, p),
         "targetContainerName": target.container,
         "securityContext": {"privileged": bool(agent.privileged),
                             "capabilities": {"add": _capabilities(agent)}},
@@ -83,8 +122,7 @@ def ephemeral_container(p: AgentPlan, target: PodRef, agent: AgentConfig, secret
     return {"spec": {"ephemeralContainers": [container]}}
 
 
-def job(p: AgentPlan, target: PodRef, agent: AgentConfig, secret: str,
-        log_level: str) -> dict[str, Any]:
+def job(p: AgentPlan, target: PodRef, agent: AgentConfig, log_level: str) -> dict[str, Any]:
     """A Job on the target's node whose agent enters the target container's netns."""
     labels = {**LABELS, "tether.dev/target-pod": target.name[:63], **dict(agent.labels)}
     pod_spec: dict[str, Any] = {
@@ -100,19 +138,20 @@ def job(p: AgentPlan, target: PodRef, agent: AgentConfig, secret: str,
             "command": ["tether-agent"],
             "args": ["--container-id", target.container_id, "--enter-netns",
                      "--listen", f"127.0.0.1:{p.port}", "--idle-exit", _idle_exit(agent),
-                     "--log-level", log_level],
-            "env": _env(secret, agent),
+                     "--log-level", log_level, *_SECRET_ARGS],
+            "env": _env(agent),
+            "volumeMounts": [dict(_SECRET_MOUNT)],
             "resources": dict(agent.resources) if agent.resources is not None
             else DEFAULT_RESOURCES,
             "securityContext": {"privileged": bool(agent.privileged),
                                 "capabilities": {"add": _capabilities(agent)}},
         }],
+        "volumes": [_secret_volume(p)],
     }
     return _job_body(p, labels, agent, pod_spec)
 
 
-def targetless_job(p: AgentPlan, agent: AgentConfig, secret: str,
-                   log_level: str) -> dict[str, Any]:
+def targetless_job(p: AgentPlan, agent: AgentConfig, log_level: str) -> dict[str, Any]:
     """A Job whose pod *is* the agent's network context (no target: outgoing and DNS only).
 
     The agent runs as the pod's main process with ``--targetless`` (it acts in its own
@@ -134,12 +173,15 @@ def targetless_job(p: AgentPlan, agent: AgentConfig, secret: str,
             "imagePullPolicy": agent.image_pull_policy,
             "command": ["tether-agent"],
             "args": ["--targetless", "--listen", f"127.0.0.1:{p.port}",
-                     "--idle-exit", _idle_exit(agent), "--log-level", log_level],
-            "env": _env(secret, agent),
+                     "--idle-exit", _idle_exit(agent), "--log-level", log_level,
+                     *_SECRET_ARGS],
+            "env": _env(agent),
+            "volumeMounts": [dict(_SECRET_MOUNT)],
             "resources": dict(agent.resources) if agent.resources is not None
             else DEFAULT_RESOURCES,
             "securityContext": security,
         }],
+        "volumes": [_secret_volume(p)],
     }
     if agent.tolerations is not None:  # no target node to follow: the scheduler's default
         pod_spec["tolerations"] = list(agent.tolerations)

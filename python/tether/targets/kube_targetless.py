@@ -131,18 +131,12 @@ class TargetlessTarget(KubernetesTarget):
         return self.namespace
 
     def _create_targetless(self, secret: str, log_level: str) -> None:
-        from .kube_api import Rule, resource_path
-
         assert self.plan is not None
         ns = self.namespace
-        body = kube_agent.targetless_job(self.plan, self.agent_cfg, secret, log_level)
+        body = kube_agent.targetless_job(self.plan, self.agent_cfg, log_level)
         log.info("creating the agent (job/%s in namespace %s, targetless, image %s)",
                  self.plan.name, ns, self.plan.image)
-        try:
-            self.api.request("POST", resource_path("batch/v1", ns, "jobs"), body=body)
-        except Exception as exc:
-            self._raise_start_error(exc, Rule("batch", "jobs", "create"), ns, "job")
-        self._job = self.plan.name
+        self._post_job(ns, body, secret)
 
     def _agent_state(self) -> tuple[str, str, str]:
         if self.pod is None:  # the agent's own pod is the one the session follows

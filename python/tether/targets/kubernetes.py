@@ -46,6 +46,7 @@ class KubernetesTarget:
         self._agent_pod: str | None = None  # the pod running the agent's container
         self._agent_container: str | None = None
         self._bridge: Bridge | None = None
+        self._secret: tuple[str, str] | None = None  # the session's Secret: (namespace, name)
         self._dropped: asyncio.Future[str] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -120,6 +121,8 @@ class KubernetesTarget:
     async def stop_agent(self) -> None:
         if self._bridge is not None:
             await asyncio.to_thread(self._bridge.stop, 1.0)
+        if self._secret is not None:
+            await asyncio.to_thread(self._delete_secret)
         if self._job is not None:
             job, self._job = self._job, None
             try:
@@ -133,10 +136,33 @@ class KubernetesTarget:
         assert self.pod is not None
         return self.agent_cfg.namespace or self.pod.namespace
 
+    def _create_secret(self, ns: str, secret: str, owner: dict[str, Any]) -> None:
+        """The session secret as a Secret of its own (kube_agent.secret_object)."""
+        assert self.plan is not None
+        body = kube_agent.secret_object(self.plan, secret, owner)
+        self.api.call(f"secret/{self.plan.name}", Rule("", "secrets", "create"), ns,
+                      self.api.request, "POST", resource_path("v1", ns, "secrets"), body=body)
+        self._secret = (ns, self.plan.name)
+
+    def _delete_secret(self) -> None:
+        if self._secret is None:
+            return
+        ns, name = self._secret
+        self._secret = None
+        try:
+            self.api.call(f"secret/{name}", Rule("", "secrets", "delete"), ns,
+                          self.api.request, "DELETE", resource_path("v1", ns, "secrets", name))
+        except TargetError as exc:
+            if "not found" not in str(exc):
+                log.warning("could not delete secret/%s (%s); it goes away with its owner",
+                            name, exc)
+
     def _create_ephemeral(self, secret: str, log_level: str) -> None:
         assert self.pod is not None and self.plan is not None
-        body = kube_agent.ephemeral_container(self.plan, self.pod, self.agent_cfg, secret,
-                                              log_level)
+        # The Secret first (the container reads it at start), owned by the target pod.
+        self._create_secret(self.pod.namespace, secret, kube_agent.owner_reference(
+            "v1", "Pod", self.pod.name, self.pod.uid))
+        body = kube_agent.ephemeral_container(self.plan, self.pod, self.agent_cfg, log_level)
         log.info("creating the agent (ephemeral container %s in pod/%s, image %s)",
                  self.plan.name, self.pod.name, self.plan.image)
         try:
@@ -155,14 +181,23 @@ class KubernetesTarget:
             raise TargetError(f"target {self.path}: container {self.pod.container} of pod "
                               f"{self.pod.name} has no container id yet; retry in a moment")
         ns = self._agent_namespace()
-        body = kube_agent.job(self.plan, self.pod, self.agent_cfg, secret, log_level)
+        body = kube_agent.job(self.plan, self.pod, self.agent_cfg, log_level)
         log.info("creating the agent (job/%s in namespace %s on node %s, image %s)",
                  self.plan.name, ns, self.pod.node_name or "?", self.plan.image)
+        self._post_job(ns, body, secret)
+
+    def _post_job(self, ns: str, body: dict[str, Any], secret: str) -> None:
+        """Create the agent's Job, then its Secret owned by the Job (the pod waits for the
+        Secret's volume, as a kubelet does)."""
+        assert self.plan is not None
         try:
-            self.api.request("POST", resource_path("batch/v1", ns, "jobs"), body=body)
+            created = self.api.request("POST", resource_path("batch/v1", ns, "jobs"), body=body)
         except Exception as exc:
             self._raise_start_error(exc, Rule("batch", "jobs", "create"), ns, "job")
         self._job = self.plan.name
+        uid = str(((created or {}).get("metadata") or {}).get("uid") or "")
+        self._create_secret(ns, secret, kube_agent.owner_reference(
+            "batch/v1", "Job", self.plan.name, uid))
 
     def _raise_start_error(self, exc: Exception, rule: Rule, ns: str, what: str) -> None:
         from kubernetes.client.rest import ApiException

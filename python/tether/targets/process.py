@@ -150,15 +150,22 @@ class ProcessTarget:
     def environ(self) -> dict[str, str]:
         """The target's environment, read here: the same file the agent would read, one
         round trip (and the agent's start-up) off the program's start."""
-        from ..agent.server import read_environ
+        from ..environment import parse_environ
 
         try:
-            return read_environ(self.pid)
+            with open(f"/proc/{self.pid}/environ", "rb") as f:
+                return parse_environ(f.read())
         except (FileNotFoundError, ProcessLookupError):
             raise TargetError(f"target process {self.pid} has exited") from None
         except PermissionError:
             raise TargetError(f"cannot read the environment of process {self.pid}: "
                               "permission denied") from None
+
+    def hostname(self) -> str:
+        """The target's hostname, learned here as the agent would (feature.hostname)."""
+        from ..agent.hostname import target_hostname
+
+        return target_hostname(self.pid)
 
     async def _pump_stderr(self, stream: asyncio.StreamReader) -> None:
         log = _log()

@@ -74,3 +74,21 @@ def test_bad_mapping_is_one_line_naming_it(tmp_path):
                          capture_output=True, text=True, timeout=30)
     assert res.returncode == 2
     assert "Invalid value for -L" in res.stderr and "'db'" in res.stderr
+
+
+def test_a_local_port_in_use_is_one_line_and_starts_no_agent(echo_pod):
+    import subprocess
+
+    from e2e_support import agents_running, tether_cmd
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = subprocess.run(tether_cmd() + ["port-forward", "-t", f"process/{echo_pod.pid}",
+                                             "-L", f"{port}:db.internal:7000"],
+                             capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    assert res.stderr.strip() == (f"Error: -L {port}:db.internal:7000: cannot listen on "
+                                  f"127.0.0.1:{port}: Address already in use")
+    assert agents_running(echo_pod.pid) == []

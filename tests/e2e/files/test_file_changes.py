@@ -75,6 +75,8 @@ int main(int argc, char **argv) {
     say("unlinkat_removedir", unlinkat(AT_FDCWD, a, AT_REMOVEDIR));
     snprintf(b, sizeof b, "%s/app.conf", argv[1]);
     say("rename_to_local", rename(b, "/tmp/tether-not-there"));
+    say("remove", remove(b));
+    say("remove_again", remove(b));
     return 0;
 }
 """
@@ -83,7 +85,8 @@ int main(int argc, char **argv) {
 def test_c_at_calls_and_renameat2_flags_act_in_the_target(tether, app, tmp_path):
     """mkdirat/unlinkat(AT_REMOVEDIR)/renameat2(RENAME_NOREPLACE) are served in the pod with
     the pod's answer; a rename between a remote and a local path fails with EXDEV, what
-    the kernel answers between two file systems (so `mv` copies instead)."""
+    the kernel answers between two file systems (so `mv` copies instead).  glibc's remove()
+    unlinks through its internal calls, so it is served too."""
     src = tmp_path / "changes.c"
     src.write_text(C_CHANGES)
     exe = tmp_path / "changes"
@@ -91,8 +94,11 @@ def test_c_at_calls_and_renameat2_flags_act_in_the_target(tether, app, tmp_path)
     res = tether(app.pod, [str(exe), str(app.dir)], config=WRITE)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["mkdirat=ok", "renameat2_noreplace=EEXIST",
-                                  "unlinkat_removedir=ok", "rename_to_local=EXDEV"]
+                                  "unlinkat_removedir=ok", "rename_to_local=EXDEV",
+                                  "remove=ok", "remove_again=ENOENT"]
     assert not (app.pod.root / str(app.dir).lstrip("/") / "d1").exists()
+    assert not (app.pod.root / app.conf.lstrip("/")).exists()  # glibc's remove() too
+    assert os.path.exists(app.conf)
 
 
 def test_node_copyfile_creates_the_copy_in_the_target(tether, app):
@@ -146,10 +152,13 @@ def test_statfs_describes_the_targets_file_system(tether, app, mode):
     pod_view = os.statvfs(app.pod.root / str(app.empty).lstrip("/"))
     local_view = os.statvfs(app.empty)
     assert (pod_view.f_blocks, pod_view.f_files) != (local_view.f_blocks, local_view.f_files)
-    py = (f"import os; s = os.statvfs({str(app.empty)!r}); print(s.f_blocks, s.f_files)")
+    py = (f"import os; s = os.statvfs({str(app.empty)!r}); print(s.f_blocks, s.f_files)\n"
+          f"s = os.fstatvfs(os.open({str(app.empty)!r}, os.O_RDONLY)); print(s.f_blocks)")
     res = tether(app.pod, [sys.executable, "-c", py], config={"feature": {"fs": mode}})
     assert res.returncode == 0, res.stderr
-    assert res.stdout.split() == [str(pod_view.f_blocks), str(pod_view.f_files)]
+    # fstatvfs of the remote descriptor is native: the descriptor is the pod's
+    assert res.stdout.split() == [str(pod_view.f_blocks), str(pod_view.f_files),
+                                  str(pod_view.f_blocks)]
     js = f"console.log(require('fs').statfsSync({str(app.empty)!r}).type.toString(16))"
     res = tether(app.pod, ["node", "-e", js], config={"feature": {"fs": mode}})
     assert res.returncode == 0, res.stderr
@@ -163,3 +172,60 @@ def test_fs_mode_flag_overrides_the_config_file(tether, app, fsprobe):
     res = tether(app.pod, [fsprobe, "cat", app.conf], config={"feature": {"fs": "local"}},
                  args=["--fs-mode", "read"])
     assert res.stdout == "remote copy\n", res.stderr
+
+
+UNLINK_SCENE = r"""
+import json, os, sys
+d, src = sys.argv[1], sys.argv[2]
+out = {}
+# unlink of a remote file that is still open, then unlinkat through a remote directory fd
+os.makedirs(d + "/remote_test/test_unlink", exist_ok=True)
+path = d + "/remote_test/test_unlink/f"
+open(path, "w").write("x")
+held = open(path)
+os.unlink(path)
+held.close()
+out["unlinked"] = not os.path.isfile(path)
+open(path, "w").write("y")
+dir_fd = os.open(d + "/remote_test/test_unlink", os.O_RDONLY | os.O_DIRECTORY)
+os.unlink("f", dir_fd=dir_fd)
+os.close(dir_fd)
+out["unlinkat"] = not os.path.isfile(path)
+# an opened directory keeps its identity when its old name is reused
+os.makedirs(d + "/original")
+open(d + "/original/victim", "w").write("old")
+dir_fd = os.open(d + "/original", os.O_RDONLY | os.O_DIRECTORY)
+os.rename(d + "/original", d + "/moved")
+os.mkdir(d + "/original")
+open(d + "/original/victim", "w").write("replacement")
+os.unlink("victim", dir_fd=dir_fd)
+out["identity"] = [os.path.exists(d + "/moved/victim"), open(d + "/original/victim").read()]
+# a mapped path: created and removed where the mapping points
+os.makedirs(src + "/test_unlink", exist_ok=True)
+out["mapped_dir"] = os.path.isdir(d + "/sink/test_unlink")
+open(src + "/test_unlink/g", "w").write("z")
+os.unlink(src + "/test_unlink/g")
+out["mapped_unlink"] = not os.path.exists(d + "/sink/test_unlink/g")
+print(json.dumps(out))
+"""
+
+
+def test_the_incumbents_unlink_scenes_on_read_write_paths(tether, app):
+    """mirrord's own `files_unlink.py` scenes, in read mode with the paths made
+    `read_write` (mirrord's filter checks read_write first): unlink of an open file,
+    unlinkat through a directory descriptor, a directory's identity kept when its name is
+    reused, and unlink on a `mapping`ed path."""
+    d = str(app.dir)
+    src = f"/srv/tether-src-{app.dir.name}"
+    config = {"feature": {"fs": {"read_write": [f"^{d}", f"^{src}"],
+                                 "mapping": {f"^{src}": f"{d}/sink"}}}}
+    res = tether(app.pod, [sys.executable, "-c", UNLINK_SCENE, d, src], config=config)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == {"unlinked": True, "unlinkat": True,
+                                      "identity": [False, "replacement"], "mapped_dir": True,
+                                      "mapped_unlink": True}
+    pod_dir = app.pod.root / d.lstrip("/")
+    assert sorted(os.listdir(pod_dir)) == ["app.conf", "moved", "original", "remote_test",
+                                           "secret.txt", "sink"]
+    assert sorted(os.listdir(app.dir)) == ["app.conf"]  # none of it on this machine
+    assert not os.path.exists(src)

@@ -39,7 +39,9 @@ class Session(BackgroundTether):
         out = subprocess.run(["pgrep", "-P", str(self.orchestrator_pid())],
                              capture_output=True, text=True).stdout.split()
         for pid in map(int, out):
-            if b"tether" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            # the agent titles itself; other children of the orchestrator (its watchdog's
+            # first fork) still carry tether's own command line
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"tether-agent"):
                 return pid
         raise AssertionError("no agent found")
 

@@ -25,7 +25,12 @@ def test_steal_follows_the_app_across_reloads(target, session, tmp_path):
         deadline = time.monotonic() + 10
         answer = ""
         while time.monotonic() < deadline:
-            answer = curl(target, "/")
+            try:
+                answer = curl(target, "/")
+            except AssertionError as exc:
+                # A connection that lands on the old version's listener as it closes is
+                # reset, as it would be without tether; the next one reaches the new one.
+                answer = str(exc)
             if answer == f"local v{version}\n":
                 break
             time.sleep(0.1)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 from incoming_support import LOCAL_ANSWER, PORT, curl
 
 HERE = Path(__file__).resolve().parent
@@ -129,11 +131,14 @@ def test_gunicorn_prefork_workers_all_serve_stolen_requests(target, session, tmp
         assert (version, peer) == ("v1", target.gateway), s.output
 
 
-def test_flask_reloader_child_sees_the_real_client(target, session, tmp_path):
+def test_flask_reloader_child_sees_the_real_client_through_the_relay(
+        target, session, tmp_path):
+    """Relayed (the path Kubernetes targets take): the adopted listener is the same."""
     write_app(tmp_path, "v1")
     s = session(target, "steal", argv=[
         str(BIN / "flask"), "--app", "app:flask_app", "run", "--reload",
-        "--host", "0.0.0.0", "--port", str(PORT)])
+        "--host", "0.0.0.0", "--port", str(PORT)], env={"TETHER_INCOMING_RELAY": "1"})
+    s.wait_for("(relayed over the agent link)", timeout=2)
     version, pid1, peer = wait_version(target, "v1")
     # WERKZEUG_SERVER_FD: the parent bound and listened, the re-exec'd child accepts
     assert peer == target.gateway, s.output
@@ -299,3 +304,57 @@ def test_a_plain_server_still_gets_its_port_subscribed_once(target, session, tmp
     s = session(target, "steal")
     assert curl(target, "/") == LOCAL_ANSWER
     assert sum("stealing port 8080" in line for line in s.lines) == 1, s.output
+
+
+TAKEN_BEFORE_LISTEN = r"""
+import os, socket, subprocess, sys, time
+SERVE = r'''
+import os, socket, sys
+srv = socket.socket(fileno=int(sys.argv[1]))
+srv.listen(16)  # meanwhile another program took the local port: listen says EADDRINUSE
+while True:
+    c, peer = srv.accept()
+    c.recv(65536)
+    body = ("local v1 pid=%d peer=%s\n" % (os.getpid(), peer[0])).encode()
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+              % len(body) + body)
+    c.close()
+'''
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", 8080))
+print("bound", flush=True)
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.02)
+if sys.argv[2] == "child":  # listened on in a freshly exec'd process, like a worker
+    subprocess.run([sys.executable, "-c", SERVE, str(srv.fileno())], pass_fds=[srv.fileno()])
+else:
+    sys.argv[1:] = [str(srv.fileno())]
+    exec(SERVE, {})  # its own namespace: our `srv` keeps the descriptor open
+"""
+
+
+@pytest.mark.parametrize("where", ["same", "child"])
+def test_a_local_port_taken_between_bind_and_listen_still_serves_the_target(
+        target, session, tmp_path, where):
+    # Like a reloader's worker that listens long after the bind, while another local
+    # server grabbed the port (SO_REUSEADDR lets both bind, only one listen).
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    local = probe.getsockname()[1]
+    probe.close()
+    go = tmp_path / "go"
+    s = session(target, {"mode": "steal", "listen_ports": [[PORT, local]]},
+                argv=[sys.executable, "-c", TAKEN_BEFORE_LISTEN, str(go), where], ready=False)
+    s.wait_for("bound")
+    other = socket.socket()
+    other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    other.bind(("0.0.0.0", local))
+    other.listen(4)
+    try:
+        go.write_text("")
+        s.wait_ready()
+        version, _pid, peer = wait_version(target, "v1", s=s)
+        assert peer == target.gateway
+    finally:
+        other.close()

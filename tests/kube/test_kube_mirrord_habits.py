@@ -1,4 +1,4 @@
-"""`tether port-forward` against a Kubernetes target (the stand-in API server): the agent
+"""`tether port-forward` (and the hostname) against a Kubernetes target (the stand-in API server): the agent
 is started in the pod, reached through the API server's port-forward, and a name only the
 pod knows is resolved there, as the incumbent's port-forward resolves names in the
 target."""
@@ -45,3 +45,23 @@ def test_port_forward_reaches_a_host_only_the_pod_resolves_and_reaches(kube, kub
     finally:
         pf.stop()
     assert pf.proc.returncode == 0, pf.output
+
+
+def test_program_sees_the_pods_hostname_through_the_agent(kube, kube_env, tmp_path):
+    """feature.hostname over a Kubernetes target: the agent (not this machine) learns the
+    pod's hostname, as the incumbent's `feature.hostname` (on by default) makes it."""
+    import json
+    import subprocess
+
+    from e2e_support import tether_cmd
+
+    [pod] = kube.deploy("silly-demo", "staging")
+    expected = kube.netns[pod["metadata"]["name"]].name  # the pod's UTS name here
+    cfg = tmp_path / "t.json"
+    cfg.write_text(json.dumps({"target": {"path": "deployment/silly-demo",
+                                          "namespace": "staging"}}))
+    res = subprocess.run(tether_cmd() + ["exec", "-f", str(cfg), "--", sys.executable, "-c",
+                                         "import socket; print(socket.gethostname())"],
+                         capture_output=True, text=True, timeout=90, env=kube_env, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == expected != socket.gethostname()
