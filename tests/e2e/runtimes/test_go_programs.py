@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -78,6 +79,16 @@ def test_go_program_reads_the_pods_files_and_writes_only_locally(
     assert (tmp_path / "out.txt").read_text() == "from the laptop\n"
     assert "stat /etc/no-such-file error" in out
     assert (staging.pod.root / "srv/tether-go-data/a.txt").read_text() == "a"
+
+
+@pytest.mark.parametrize("version", ["1.19", "current"])
+def test_go_program_sees_the_pods_hostname(tether, goprobe, staging, version):
+    res = tether(staging.pod, [goprobe[version], "hostname="])
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"hostname {staging.pod.name} <nil>", res.stdout + res.stderr
+    off = tether(staging.pod, [goprobe[version], "hostname="],
+                 config={"feature": {"hostname": False}})
+    assert off.stdout.strip() == f"hostname {socket.gethostname()} <nil>", off.stdout
 
 
 def test_go_program_writes_the_pods_files_in_write_mode(tether, goprobe, staging):
