@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 
 .PHONY: install demo test test-fast bench lint clean
 
-$(STAMP): setup.py requirements-dev.txt $(wildcard csrc/*.c csrc/*.h csrc/launcher/*.c layer/*) scripts/bootstrap.sh
+$(STAMP): setup.py requirements-dev.txt tests/package.json tests/package-lock.json $(wildcard csrc/*.c csrc/*.h csrc/launcher/*.c layer/*) scripts/bootstrap.sh
 	bash scripts/bootstrap.sh
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip

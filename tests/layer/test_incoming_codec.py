@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 import msgpack
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tether import (
     messages_incoming,  # noqa: F401
     protocol,
@@ -93,3 +95,21 @@ def test_port_rules():
         "3000 0 8080 3000", "0 0 0 -"]
     assert run_decide("in_mode=mirror;in_ports=9000") == [
         "8080 0 0 -", "8080 1 0 -", "9000 0 9000 9000", "22 0 0 -", "3000 0 0 -", "0 0 0 -"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=64),
+    st.dictionaries(st.sampled_from(["t", "id", "ok", "port", "want", "x"]),
+                    st.one_of(st.integers(min_value=-2**63, max_value=2**64 - 1),
+                              st.booleans(), st.none(), st.text(max_size=20),
+                              st.binary(max_size=8)),
+                    max_size=6).map(lambda d: msgpack.packb({"t": "in_listen_reply", **d}))))
+def test_in_listen_reply_decoder_survives_any_input(layer_lib, body):
+    ffi, lib = layer_lib
+    port, want = ffi.new("long *"), ffi.new("long *")
+    buf = ffi.new("unsigned char[]", body or b"\0")  # an exact-size heap copy
+    r = lib.tl_decode_in_listen_reply(buf, len(body), port, want)
+    assert r in (-1, 0, 1)
+    if r >= 0:
+        assert 0 <= port[0] <= 65535 and 0 <= want[0] <= 65535

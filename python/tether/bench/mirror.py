@@ -10,7 +10,10 @@ drift in the machine's load hits both sides:
 - the target's p99 latency at a moderate paced load (1,000 requests/s on one keep-alive
   connection, bounded count), mirroring on vs off; goal <= 1.05;
 - how many of those paced requests the developer's program received (its access log):
-  the mirror misses nothing under moderate load.
+  the mirror misses nothing under moderate load;
+- the CPU the whole mirror session (orchestrator, agent, local nginx) spends per request
+  at saturation, against the target nginx's own CPU per request: a figure the machine's
+  other load disturbs far less than throughput.
 
 The session (orchestrator, agent, local nginx) shares the machine's 2 cores with the
 client and the target at the same priority: its CPU is counted against the target, the
@@ -135,6 +138,18 @@ class _MirrorSession:
                 return got
             time.sleep(0.05)
 
+    def agent_pid(self, pod: Any) -> int:
+        """The agent runs in the target's namespaces, not under the session's tree."""
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    cmd = (entry / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                if cmd.startswith(b"tether-agent") and f"{pod.pid}".encode() in cmd:
+                    return int(entry.name)
+        return -1
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, 15)
@@ -143,6 +158,39 @@ class _MirrorSession:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, 9)
                 self.proc.wait()
+
+
+def _cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes have used so far."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _tree(root: int) -> list[int]:
+    """`root` and all its descendants."""
+    parent: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent[int(entry.name)] = int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                pass
+    found = [root]
+    changed = True
+    while changed:
+        changed = False
+        for pid, ppid in parent.items():
+            if ppid in found and pid not in found:
+                found.append(pid)
+                changed = True
+    return found
 
 
 def _p99(lat: list[float]) -> float:
@@ -164,6 +212,8 @@ def run(ctx: BenchContext) -> list[dict[str, Any]]:
         lat_off: list[float] = []
         lat_on: list[float] = []
         delivered: list[float] = []
+        cpu_ratio: list[tuple[float, float, float]] = []  # session, agent, target: s/request
+        target_pids = _tree(pod.pid)
         for r in range(ROUNDS):
             rps_off.append(_wrk(pod.ip))
             lat_off += _paced(pod.ip)
@@ -171,7 +221,15 @@ def run(ctx: BenchContext) -> list[dict[str, Any]]:
             try:
                 lat_on += _paced(pod.ip)
                 delivered.append(s.copies("/paced/", PACED_N) / PACED_N)
-                rps_on.append(_wrk(pod.ip))
+                agent = [s.agent_pid(pod)]
+                session_pids = _tree(s.proc.pid) + agent
+                before = _cpu(session_pids), _cpu(agent), _cpu(target_pids)
+                rps = _wrk(pod.ip)
+                rps_on.append(rps)
+                n = rps * WRK_SECONDS
+                cpu_ratio.append(((_cpu(session_pids) - before[0]) / n,
+                                  (_cpu(agent) - before[1]) / n,
+                                  (_cpu(target_pids) - before[2]) / n))
             finally:
                 s.stop()
         rps_off.append(_wrk(pod.ip))
@@ -188,4 +246,12 @@ def run(ctx: BenchContext) -> list[dict[str, Any]]:
                statistics.median(lat_on) * 1e3, statistics.median(lat_off) * 1e3),
         figure(f"copies delivered at {PACED_RATE} req/s (of requests sent)", "share",
                min(delivered), 1.0, better="higher", goal=">= 1.0"),
+        figure("mirror session's CPU per request vs the target's own", "us",
+               statistics.median(c[0] for c in cpu_ratio) * 1e6,
+               statistics.median(c[2] for c in cpu_ratio) * 1e6,
+               note="orchestrator + agent + local nginx, at saturation"),
+        figure("agent's CPU per request (beside the target) vs the target's own", "us",
+               statistics.median(c[1] for c in cpu_ratio) * 1e6,
+               statistics.median(c[2] for c in cpu_ratio) * 1e6,
+               note="only the agent runs on the target's node in real use"),
     ]

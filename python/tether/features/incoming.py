@@ -191,14 +191,20 @@ class Feature:
 
     async def _in_bind(self, link: Link, msg: Message) -> Message:
         bound = Bound(int(msg["port"]), int(msg["want"]), int(msg["local_port"]), link)
+        known = [b for b in self.binds if b.link is link]
+        # a process that binds again and again (closing the old socket) keeps one entry
+        # per local port; its link's watcher already runs
+        self.binds = [b for b in self.binds
+                      if not (b.link is link and b.local_port == bound.local_port)]
         self.binds.append(bound)
-        asyncio.get_running_loop().create_task(self._watch_bind(bound))
+        if not known:
+            asyncio.get_running_loop().create_task(self._watch_bind(link))
         return {"t": "in_bind_reply"}
 
-    async def _watch_bind(self, bound: Bound) -> None:
-        await bound.link.closed.wait()
-        with contextlib.suppress(ValueError):
-            self.binds.remove(bound)  # a listener it held ends with its link (_watch_session)
+    async def _watch_bind(self, link: Link) -> None:
+        await link.closed.wait()
+        # a listener it held ends with its link too (_watch_session)
+        self.binds = [b for b in self.binds if b.link is not link]
 
     def _holder(self, port: int, local_port: int | None) -> Bound | None:
         """A live process holding a socket bound for target ``port`` (at ``local_port``)."""
