@@ -45,7 +45,8 @@ setup(
     python_requires=">=3.11",
     setup_requires=["cffi>=1.15"],
     install_requires=["cffi>=1.15", "msgpack>=1.0", "click>=8.1", "kubernetes>=28", "PyYAML>=6",
-                      "h2>=4.1"],
+                      "h2>=4.1",
+                      "google-re2>=1.1", "uvloop>=0.19"],
     cffi_modules=["layer/native_build.py:ffibuilder"],
     cmdclass={"build_ext": BuildWithLayer},
     entry_points={

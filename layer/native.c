@@ -46,6 +46,7 @@ static int tether_sysno(const char *name) {
     if (!strcmp(name, "openat")) return SYS_openat;
     if (!strcmp(name, "newfstatat")) return SYS_newfstatat;
     if (!strcmp(name, "statx")) return SYS_statx;
+    if (!strcmp(name, "uname")) return SYS_uname;
     if (!strcmp(name, "readlinkat")) return SYS_readlinkat;
     if (!strcmp(name, "faccessat")) return SYS_faccessat;
 #ifdef SYS_faccessat2
@@ -92,8 +93,9 @@ static long read_string(pid_t pid, uint64_t addr, char *out, size_t cap) {
     return -1;
 }
 
-/* Which argument of a path call is the path. */
+/* Which argument of a path call is the path (-1: none). */
 static int path_arg(int nr) {
+    if (nr == SYS_uname) return -1;
 #ifdef SYS_open
     if (nr == SYS_open || nr == SYS_stat || nr == SYS_lstat || nr == SYS_readlink ||
         nr == SYS_access)
@@ -153,8 +155,9 @@ static int tether_notif_recv_program(int fd, struct tether_notif *out, const cha
         base = base ? base + 1 : out->exe;
         if (!in_names(base, skip_names) && !in_names(out->exe, skip_exes) &&
             !strstr(out->exe, "/pkg/tool/")) {
-            if (read_string((pid_t)req.pid, req.data.args[path_arg(req.data.nr)], out->path,
-                            sizeof out->path) < 0)
+            int arg = path_arg(req.data.nr);
+            if (arg < 0 || read_string((pid_t)req.pid, req.data.args[arg], out->path,
+                                       sizeof out->path) < 0)
                 out->path[0] = '\0';
             return 0;
         }

@@ -40,6 +40,7 @@ static const int tether_trapped_syscalls[] = {
 #ifdef SYS_open
     SYS_open, SYS_stat, SYS_lstat, SYS_readlink, SYS_access,
 #endif
+    SYS_uname, /* answered per program like the path calls: the target's hostname */
 };
 #define TETHER_N_TRAPPED (int)(sizeof tether_trapped_syscalls / sizeof tether_trapped_syscalls[0])
 

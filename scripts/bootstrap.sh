@@ -5,6 +5,7 @@ set -euo pipefail
 PKGS=(build-essential python3-venv python3-dev iproute2 nftables libnftables1 dnsmasq-base
       postgresql golang-go golang-github-lib-pq-dev gdb curl procps util-linux)
 PKGS+=(delve ruby openjdk-17-jdk-headless)  # the runtime scenes: Go under Delve, Ruby, the JVM
+PKGS+=(nginx wrk)  # make bench: the target's app and the load generator (bench/incoming.py)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

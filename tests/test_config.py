@@ -286,14 +286,23 @@ def test_short_and_long_forms(
             incoming({"mode": "steal", "http_filter": {"path_filter": "(unclosed"}}),
             (
                 "feature.network.incoming.http_filter.path_filter: invalid regular expression: "
-                "missing ), unterminated subpattern at position 0"
+                "missing ): (unclosed"
             ),
         ),
         (
             incoming({"http_filter": {"any_of": [{"path": "ok"}, {"header": "[bad"}]}}),
             (
                 "feature.network.incoming.http_filter.any_of[1].header: invalid regular expression: "
-                "unterminated character set at position 0"
+                "missing ]: [bad"
+            ),
+        ),
+        (
+            # Python's re runs look-behind; the agent's linear-time engine (RE2) cannot.
+            incoming({"http_filter": {"all_of": [{"path": "/"}, {"header": "(?<=u: )me"}]}}),
+            (
+                "feature.network.incoming.http_filter.all_of[1].header: invalid regular "
+                "expression: invalid perl operator: (?<= (filters use RE2 syntax: no "
+                "look-around or back-references)"
             ),
         ),
         (

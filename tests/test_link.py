@@ -132,6 +132,45 @@ def test_a_reply_reaches_its_caller_before_the_requests_that_followed_it_run():
     asyncio.run(main())
 
 
+def test_a_reply_ending_a_large_read_still_reaches_its_caller_before_what_follows():
+    """A busy link (a relayed download) reads on within one callback after a large read:
+    the frames of that next read still wait for the caller of a reply of the first."""
+    async def main():
+        a, b = socket.socketpair()
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        order = []
+
+        async def event(link, msg):
+            order.append(msg["kind"])
+
+        la = Link(a, {"event": event}, name="a")
+
+        async def caller():
+            await la.call({"t": "ping"})
+            order.append("caller")
+
+        call = asyncio.create_task(caller())
+        await asyncio.sleep(0.01)
+        request = msgpack.unpackb(b.recv(4096)[4:])
+        reply = protocol.encode({"t": "pong", "id": request["id"]})
+        pad = b""
+        n = 262144 - len(reply) - 64
+        while len(pad) + len(reply) != 262144:  # the first read fills the read buffer
+            pad = protocol.encode({"t": "event", "kind": "pad", "message": "x" * n})
+            n += 262144 - len(pad) - len(reply)
+        b.sendall(pad + reply + protocol.encode({"t": "event", "kind": "after",
+                                                 "message": "m"}))
+        task = asyncio.create_task(la.serve())  # everything is queued before the first read
+        await call
+        await asyncio.sleep(0.01)
+        assert order == ["pad", "caller", "after"]
+        la.close()
+        b.close()
+        await task
+
+    asyncio.run(main())
+
+
 def test_frames_split_across_reads_and_a_malformed_frame_closes_only_that_link():
     async def main():
         a, b = socket.socketpair()

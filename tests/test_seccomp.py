@@ -138,3 +138,16 @@ def test_go_run_and_go_test_supervise_the_program_not_the_build(
         assert env["TETHER_GO_EXEC"] == "1"
     else:
         assert env["GOFLAGS"] == goflags and "TETHER_GO_EXEC" not in env
+
+
+def test_uname_buffer_is_this_machines_with_the_targets_hostname():
+    from tether.seccomp import _utsname_bytes
+
+    kernel = ctypes.create_string_buffer(390)
+    assert libc.uname(kernel) == 0
+    ours = _utsname_bytes(os.uname(), "silly-demo-7d4f", "(none)")
+    assert len(ours) == 390
+    fields = [ours[i * 65:(i + 1) * 65].rstrip(b"\0") for i in range(6)]
+    assert fields[1] == b"silly-demo-7d4f"
+    for i in (0, 2, 3, 4):  # sysname, release, version, machine: this machine's
+        assert fields[i] == kernel.raw[i * 65:(i + 1) * 65].rstrip(b"\0")

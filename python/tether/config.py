@@ -860,8 +860,24 @@ def _http_leaf(
             ctx.error(path, f"{text!r} is not an HTTP method")
             return None
         return HttpFilter("method", text.upper())
-    pattern = _regex(ctx, value, path, ignore_case=True)
+    pattern = _filter_regex(ctx, value, path)
     return HttpFilter(kind, pattern) if pattern is not None else None
+
+
+def _filter_regex(ctx: _Ctx, value: Any, path: str) -> str | None:
+    """An http_filter regex: the agent runs it on RE2 (linear time), so it must be one
+    RE2 accepts; Python's ``re`` accepting it is not enough."""
+    text = _str(ctx, value, path)
+    if text is None:
+        return None
+    from tether.http.filters import compile_regex  # RE2: only configs with filters pay
+
+    try:
+        compile_regex(text)
+    except ValueError as exc:
+        ctx.error(path, f"invalid regular expression: {exc}")
+        return None
+    return text
 
 
 def _unsupported_filter(ctx: _Ctx, path: str) -> None:

@@ -69,6 +69,10 @@ def main() -> Any:
         return _fast_exec(*fast)
     from .cli import main as cli_main
 
+    if sys.argv[1:2] != ["exec"]:
+        # Commands that run until Ctrl-C (port-forward) stop their agent on
+        # KeyboardInterrupt; only exec's start-up must never leave a half-made session.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     return cli_main()
 
 

@@ -268,6 +268,12 @@ class Link:
             self._read_some()
 
     def _read_some(self) -> bool:
+        # A reply resolved in this callback wakes its caller with call_soon; handlers of the
+        # frames that follow it, in this read or a later one of the same callback, then
+        # start with call_soon too, so a caller sees its reply before the handlers of the
+        # frames that followed it (the order the wire gave; e.g. an outgoing relay's first
+        # relay_data right behind the reply that names its stream).
+        self._batch_woke = False
         for _ in range(64):  # bounded: let other tasks run under a flood
             view = _read_buffer()
             try:
@@ -286,11 +292,6 @@ class Link:
                 self._lost("peer closed the connection")
                 return False
             data = view[:size]  # decoded in place; the decoder copies only a partial tail
-            # A reply resolved in this batch wakes its caller with call_soon; handlers of
-            # later frames of the batch then start with call_soon too, so a caller sees its
-            # reply before the handlers of the frames that followed it (the order the wire
-            # gave).
-            self._batch_woke = False
             try:
                 for msg in self._decoder.feed(data):
                     self._attach_fds(msg)

@@ -141,8 +141,9 @@ class Supervisor:
         # Path calls: the program's, decided here; others' continue in the C loop.
         self._files = _feature(orch, "files")
         self._dns = bool(orch.config.feature.network.dns.enabled)
+        self._hostname = _config_value(orch.layer_config(), "hn")
         self._paths_on = self._files is not None and (
-            orch.config.feature.fs.mode != "local" or self._dns)
+            orch.config.feature.fs.mode != "local" or self._dns) or bool(self._hostname)
         skip = _config_value(orch.layer_config(), "skip") if self._paths_on else "*"
         self._skip_names = self.ffi.new("char[]", skip.encode())
         self._skip_exe_list: list[str] = []
@@ -179,6 +180,9 @@ class Supervisor:
                 return  # listener closed: session over
             args = tuple(int(notif.args[i]) for i in range(6))
             nid, tid, nr = int(notif.id), int(notif.pid), int(notif.nr)
+            if _SYSCALL_NAMES.get(nr) == "uname":
+                self._uname(nid, tid, args[0], os.fsdecode(self.ffi.string(notif.exe)))
+                continue
             if _SYSCALL_NAMES.get(nr) in PATH_CALLS:
                 exe = os.fsdecode(self.ffi.string(notif.exe))
                 raw = self.ffi.string(notif.path)
@@ -225,6 +229,20 @@ class Supervisor:
                 return None
             config = self._program_configs[exe] = program_config(self._config.decode(), exe)
         return config
+
+    def _uname(self, nid: int, tid: int, buf: int, exe: str) -> None:
+        """uname(2) of the program: this machine's, with the target's hostname
+        (feature.hostname; the layer answers for the programs it reaches)."""
+        try:
+            if not self._hostname or not exe or self._program_config(exe) is None:
+                self._continue(nid)
+                return
+            data = _utsname_bytes(os.uname(), self._hostname, _domainname())
+            if self._valid(nid):
+                _write_memory(tid, buf, data)
+                self._answer(nid, 0)
+        except OSError as exc:
+            self._answer(nid, err=exc.errno or errno.EFAULT)
 
     def _path_call(self, nid: int, tid: int, nr: int, args: tuple[int, ...], exe: str,
                    raw: bytes) -> PathCall | None:
@@ -641,6 +659,20 @@ class PathCall:
     size: int = 0  # readlink buffer size
 
 
+def _utsname_bytes(un: os.uname_result, hostname: str, domainname: str) -> bytes:
+    """struct utsname: six NUL-padded 65-byte fields, the nodename replaced."""
+    fields = (un.sysname, hostname, un.release, un.version, un.machine, domainname)
+    return b"".join(os.fsencode(f)[:64].ljust(65, b"\0") for f in fields)
+
+
+def _domainname() -> str:
+    try:
+        with open("/proc/sys/kernel/domainname") as f:
+            return f.read().strip()
+    except OSError:
+        return "(none)"
+
+
 def _write_memory(tid: int, addr: int, data: bytes) -> None:
     with open(f"/proc/{tid}/mem", "r+b", buffering=0) as mem:
         os.pwrite(mem.fileno(), data, addr)
@@ -780,7 +812,7 @@ def _load_layer_decisions() -> Any:
 def _syscall_names() -> dict[int, str]:
     from . import _native
 
-    names = ("connect", "bind", "listen", *PATH_CALLS)
+    names = ("connect", "bind", "listen", "uname", *PATH_CALLS)
     numbers = {_native.lib.tether_sysno(n.encode()): n for n in names}
     numbers.pop(-1, None)  # open, stat, lstat: x86-64 only
     return numbers

@@ -168,6 +168,19 @@ def test_a_silent_client_neither_blocks_the_orchestrator_nor_stays(listening_age
 def test_an_authenticated_orchestrator_cannot_make_the_agent_balloon(listening_agent):
     port, proc = listening_agent
     before = peak_rss_kib(proc.pid)
+    # The worst frame the limits let through: as many empty arrays as fit (~36 MiB of them).
+    limit = protocol.AGENT_LIMITS.frame
+    inner = b"\xdc\xff\xff" + b"\x90" * 65535
+    count = limit // len(inner)
+    worst = b"\xdc" + struct.pack(">H", count) + inner * count
+    assert len(worst) <= limit
+    with authenticate(port) as s:
+        s.sendall(struct.pack(">I", len(worst)) + worst)
+        s.settimeout(10)
+        assert s.recv(1) == b""  # not a message: that connection is dropped
+    assert proc.poll() is None
+    assert peak_rss_kib(proc.pid) - before < 48 * 1024
+    before = peak_rss_kib(proc.pid)
     with authenticate(port) as s:
         body = b"\xdd" + struct.pack(">I", 2**24) + b"\x90" * (2**24)  # 16 MiB of []
         s.sendall(struct.pack(">I", len(body)) + body[:65536])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 from e2e_support import eventually_no_agents, tether_cmd
@@ -129,9 +128,15 @@ def test_target_exiting_mid_session_stops_the_program_with_a_message(pod_factory
     proc = subprocess.Popen(tether_cmd() + ["exec", "-t", f"process/{target.pid}", "--",
                                             "sleep", "30"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)
+    assert proc.stderr is not None
+    err = ""
+    while "session started" not in err:  # the program runs (a busy machine: > 1 s)
+        line = proc.stderr.readline()
+        assert line, err
+        err += line
     os.kill(target.pid, signal.SIGKILL)
-    _, err = proc.communicate(timeout=15)
+    _, rest = proc.communicate(timeout=15)
+    err += rest
     assert proc.returncode != 0
     assert f"target process {target.pid} has exited" in err
     eventually_no_agents(target.pid)

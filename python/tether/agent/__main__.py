@@ -19,6 +19,8 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from .server import AgentContext, AgentServer, serve_connection
 
@@ -192,7 +194,17 @@ def main(argv: list[str] | None = None, secret: str | None = None) -> int:
         # The orchestrator reads this line and shows it to the user.
         print(f"tether-agent: {exc}", file=sys.stderr)
         return 3
-    return asyncio.run(run(args, secret))
+    return run_loop(run(args, secret))
+
+
+def run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run the agent's event loop on uvloop (libuv: the router's per-request cost is
+    mostly the loop's), or on asyncio's own loop where uvloop is not installed."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 if __name__ == "__main__":

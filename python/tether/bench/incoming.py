@@ -17,6 +17,16 @@
 
 One keep-alive connection, sequential requests (latency p50/p99 and requests/s), bounded
 loops; all traffic between the host and a test pod (198.18.0.0/15).
+
+At saturation (``_wrk_figures``): nginx as the target's application and as the local
+program, loaded by ``wrk`` with 4 keep-alive connections for a few seconds per round,
+direct and through tether in alternating rounds (medians):
+
+- passed through (filtered steal, requests that do not match: every request crosses the
+  agent's router) vs straight to the target's nginx: throughput (goal >= 0.50) and the
+  p50 latency added (goal <= 0.1 ms);
+- stolen without a filter, and stolen by the filter (matched requests), vs straight to
+  the local nginx (goal >= 0.50).
 """
 
 from __future__ import annotations
@@ -24,6 +34,8 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -94,10 +106,10 @@ def _bulk(host: str, port: int, tries: int = 2) -> float:
 
 class _Session:
     def __init__(self, ctx: BenchContext, pod: Any, incoming: dict[str, Any], server: str,
-                 relay: bool = False, idle: bool = False):
+                 relay: bool = False, idle: bool = False, argv: list[str] | None = None):
         cfg = ctx.workdir / f"incoming-{time.monotonic_ns()}.json"
         cfg.write_text(json.dumps({"feature": {"network": {"incoming": incoming}}}))
-        argv = ctx.tether_exec(pod, [sys.executable, server, str(PORT), "local"],
+        argv = ctx.tether_exec(pod, argv or [sys.executable, server, str(PORT), "local"],
                                args=["-f", str(cfg)])
         if idle:
             argv = ["chrt", "-i", "0", *argv]
@@ -199,9 +211,9 @@ def _figures(what: str, t: dict[str, float], d: dict[str, float], goal: str | No
 
 
 def run(ctx: BenchContext) -> list[dict[str, Any]]:
+    out = wrk_figures(ctx)
     server = ctx.workdir / "incoming_server.py"
     server.write_text(SERVER)
-    out: list[dict[str, Any]] = []
     direct_local = subprocess.Popen([sys.executable, str(server), str(DIRECT_LOCAL_PORT),
                                      "local"], start_new_session=True)
     try:
@@ -277,3 +289,125 @@ def run(ctx: BenchContext) -> list[dict[str, Any]]:
         direct_local.terminate()
         direct_local.wait()
     return out
+
+
+# ---- at saturation: nginx and wrk -----------------------------------------------------
+
+NGINX_CONF = """
+daemon off; master_process off; worker_processes 1; pid {root}/nginx-{port}.pid;
+error_log stderr error;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {root}/body; proxy_temp_path {root}/proxy;
+  fastcgi_temp_path {root}/fcgi; uwsgi_temp_path {root}/uwsgi; scgi_temp_path {root}/scgi;
+  keepalive_requests 1000000;
+  server {{ listen {bind}:{port}; location / {{ return 200 "{message}\\n"; }} }}
+}}
+"""
+WRK_CONNECTIONS = 4
+WRK_THREADS = 2
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def nginx_argv(ctx: BenchContext, port: int, message: str, bind: str = "0.0.0.0") -> list[str]:
+    """nginx answering ``message`` on ``port``: one process, no logs, no files read."""
+    root = ctx.workdir / f"nginx-{message}-{port}"
+    root.mkdir(exist_ok=True)
+    conf = root / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(root=root, port=port, bind=bind, message=message))
+    return [_tool("nginx"), "-e", "stderr", "-p", str(root), "-c", str(conf)]
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
+    if path is None:
+        raise RuntimeError(f"{name} is not installed: run scripts/bootstrap.sh (as root)")
+    return path
+
+
+def wrk(url: str, seconds: float) -> dict[str, float]:
+    """Requests/s and p50 latency (ms) of ``wrk`` with 4 keep-alive connections."""
+    argv = [_tool("wrk"), f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}",
+            f"-d{max(1, round(seconds))}s", "--latency", url]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30,
+                         check=True).stdout
+    rps = re.search(r"Requests/sec:\s*([0-9.]+)", out)
+    p50 = re.search(r"^\s*50%\s+([0-9.]+)(us|ms|s)\s*$", out, re.M)
+    total = re.search(r"(\d+) requests in", out)
+    wrong = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), "
+                       r"timeout (\d+)", out)
+    broken = sum(map(int, errors.groups())) if errors else 0
+    # A wrong answer fails the run; a few connection errors on a loaded machine do not.
+    if (rps is None or p50 is None or total is None or wrong is not None
+            or broken > max(10, int(total.group(1)) // 100)):
+        raise RuntimeError(f"wrk against {url} failed:\n{out}")
+    return {"rps": float(rps.group(1)), "p50": float(p50.group(1)) * _UNITS[p50.group(2)]}
+
+
+def wrk_figures(ctx: BenchContext, seconds: float = 3, rounds: int = 3
+                ) -> list[dict[str, Any]]:
+    """The figures at saturation (see the module docstring); ``seconds`` per wrk run,
+    ``rounds`` alternating rounds of every path (medians)."""
+    note = (f"wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS}, {seconds:g} s per run, medians of "
+            f"{rounds} alternating rounds; nginx as the target's app and as the local "
+            "program; wrk, nginx and tether share this machine's cores")
+    runs: dict[str, list[dict[str, float]]] = {
+        k: [] for k in ("target", "local", "passed", "matched", "stolen")}
+    local = subprocess.Popen(nginx_argv(ctx, DIRECT_LOCAL_PORT, "local", "127.0.0.1"),
+                             start_new_session=True)
+    try:
+        with ctx.make_pod("benchwrk", cmd=nginx_argv(ctx, PORT, "target")) as pod:
+            pod.wait_port(PORT)
+            _wait_http("127.0.0.1", DIRECT_LOCAL_PORT)
+            target = f"http://{pod.ip}:{PORT}"
+            local_argv = nginx_argv(ctx, PORT, "stolen")
+            for _ in range(rounds):
+                runs["target"].append(wrk(f"{target}/?user=other", seconds))
+                runs["local"].append(wrk(f"http://127.0.0.1:{DIRECT_LOCAL_PORT}/?user=me",
+                                         seconds))
+                s = _Session(ctx, pod, {"mode": "steal", "http_filter": {
+                    "path_filter": "user=me"}}, "", argv=local_argv)
+                try:
+                    runs["passed"].append(wrk(f"{target}/?user=other", seconds))
+                    runs["matched"].append(wrk(f"{target}/?user=me", seconds))
+                finally:
+                    s.stop()
+                s = _Session(ctx, pod, {"mode": "steal"}, "", argv=local_argv)
+                try:
+                    runs["stolen"].append(wrk(f"{target}/", seconds))
+                finally:
+                    s.stop()
+    finally:
+        local.terminate()
+        local.wait()
+    m = {k: {f: statistics.median(x[f] for x in v) for f in v[0]} for k, v in runs.items()}
+    added = m["passed"]["p50"] - m["target"]["p50"]
+    return [
+        figure("at saturation, passed through (filter does not match) vs straight to the "
+               "target: requests/s", "req/s", m["passed"]["rps"], m["target"]["rps"],
+               better="higher", goal=">= 0.50", note=note),
+        figure("at saturation, passed through: p50 latency added (ms) vs the 0.1 ms goal",
+               "ms", added, 0.1, goal="<= 1.00",
+               note=f"p50 {m['passed']['p50']:.3f} ms passed through, "
+                    f"{m['target']['p50']:.3f} ms direct"),
+        figure("at saturation, stolen by the filter vs straight to the local program: "
+               "requests/s", "req/s", m["matched"]["rps"], m["local"]["rps"],
+               better="higher", goal=">= 0.50"),
+        figure("at saturation, stolen (no filter) vs straight to the local program: "
+               "requests/s", "req/s", m["stolen"]["rps"], m["local"]["rps"],
+               better="higher", goal=">= 0.50"),
+    ]
+
+
+def _wait_http(host: str, port: int, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _measure(host, port, "/", 1)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

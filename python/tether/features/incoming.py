@@ -47,6 +47,7 @@ from .. import (
 from ..config import HttpFilter, IncomingConfig
 from ..http.mirror import Replay
 from ..link import Link, LinkClosed, RemoteError
+from ..pipe import pipe
 from ..protocol import Message
 
 log = logging.getLogger("tether")
@@ -407,27 +408,12 @@ class Feature:
         return None
 
     async def _relay(self, remote: socket.socket, local: socket.socket, lport: int) -> None:
-        """A stolen connection: bytes both ways between the client and the program."""
-        loop = asyncio.get_running_loop()
-
-        async def pump(src: socket.socket, dst: socket.socket) -> None:
-            try:
-                while True:
-                    data = await loop.sock_recv(src, READ_SIZE)
-                    if not data:
-                        break
-                    await loop.sock_sendall(dst, data)
-            except OSError:
-                pass
-            with contextlib.suppress(OSError):
-                dst.shutdown(socket.SHUT_WR)
-
+        """A stolen connection: bytes both ways between the client and the program, at
+        the event loop's speed (Protocols, no ``sock_recv`` per chunk)."""
         try:
-            await asyncio.gather(pump(remote, local), pump(local, remote))
+            await pipe(remote, local)
         finally:
             self.peers.pop(lport, None)
-            remote.close()
-            local.close()
 
     async def _mirror_relay(self, remote: socket.socket, local: socket.socket, lport: int,
                             port: int, peer: tuple[str, int],

@@ -1,5 +1,6 @@
-"""Pure HTTP/1.x pieces of the agent's request router: framing (where each request and
-response starts and ends on a connection) and filters (which requests are stolen).
+"""Pure HTTP/1.x pieces: the agent's request router (``router``: one connection, events
+in, commands out; ``wire``: its strict framing), the filters (which requests are stolen,
+on RE2) and ``framing`` (event-style framers for observers such as shadow testing).
 Sans-I/O: no sockets, threads or asyncio here; the agent drives them."""
 
 from tether.http.filters import RequestMatcher, compile_filter

@@ -17,6 +17,12 @@ Accepted shapes (``compile_filter``):
 ``ports`` absent means the filter applies on every stolen port. (mirrord defaults to
 [80, 8080] and steals *everything* on other ports; a config loader that wants that
 default passes it explicitly.)
+
+Regexes run on RE2 (``google-re2``): matching is linear in the length of the path or
+header line, so no request can stall the router with a pattern like ``.+user=x.*``
+against a 30 KB path (Python's backtracking ``re`` takes seconds there). RE2's syntax is
+the Rust-regex family mirrord documents; look-around and back-references are not
+available and are refused when the filter is compiled (``compile_regex``).
 """
 
 from __future__ import annotations
@@ -26,9 +32,52 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from tether.http.framing import RequestHead, header_lines, request_path
+import re2
 
-__all__ = ["HttpFilterSpec", "RequestMatcher", "compile_filter"]
+__all__ = ["HttpFilterSpec", "RequestMatcher", "compile_filter", "compile_regex"]
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # errors are ours to report, not glog lines on stderr
+_RE2_OPTIONS.never_capture = True  # only "does it match" is asked: the fastest engine
+_ABSOLUTE_FORM = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*")
+
+
+class Regex:
+    """An RE2 regex searched in UTF-8 bytes (path and header lines as sent)."""
+
+    __slots__ = ("_match", "_none", "_public", "pattern")
+
+    def __init__(self, pattern: str) -> None:
+        compiled = re2.compile(pattern.encode("utf-8"), _RE2_OPTIONS)
+        self.pattern = pattern
+        self._public = compiled
+        # The binding's low-level call skips the wrapper's match object (a third of the
+        # cost of a search); the public one stays the fallback should that change.
+        low = getattr(compiled, "_regexp", None)
+        anchor = getattr(getattr(re2, "_Anchor", None), "UNANCHORED", None)
+        none = getattr(re2, "_NULL_SPAN", None)
+        self._match = None
+        self._none = none
+        if low is not None and anchor is not None and none is not None:
+            match = low.Match
+            self._match = lambda text: match(anchor, text, 0, len(text))[0]
+
+    def search(self, text: bytes) -> bool:
+        if self._match is not None:
+            return bool(self._match(text) != self._none)
+        return self._public.search(text) is not None
+
+
+def compile_regex(pattern: str) -> Regex:
+    """``pattern`` compiled by RE2; ``ValueError`` (saying why) if RE2 cannot run it."""
+    try:
+        return Regex(pattern)
+    except re2.error as exc:
+        why = exc.args[0] if exc.args else exc
+        why = why.decode("utf-8", "replace") if isinstance(why, bytes) else str(why)
+        if "perl operator" in why or "escape sequence" in why:
+            why += " (filters use RE2 syntax: no look-around or back-references)"
+        raise ValueError(why) from None
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _LEAF_KEYS = {
@@ -52,16 +101,39 @@ class HttpFilterSpec(Protocol):
     children: Sequence[Any]
 
 
+class _Head(Protocol):
+    """What a filter reads of a request (``framing.RequestHead``, ``wire.RequestInfo``):
+    the target as sent, and ``(lower-cased name, value)`` header fields."""
+
+    @property
+    def method(self) -> bytes: ...
+    @property
+    def target(self) -> bytes: ...
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]: ...
+
+
 class _Predicate(Protocol):
-    def matches(self, head: RequestHead) -> bool: ...
+    def matches(self, head: _Head) -> bool: ...
+
+
+def _path(target: bytes) -> bytes:
+    """Path and query as sent; an absolute-form target loses scheme and host."""
+    if target[:1] == b"/":
+        return target
+    m = _ABSOLUTE_FORM.match(target)
+    if m is None:
+        return target
+    rest = target[m.end() :]
+    return rest if rest[:1] == b"/" else b"/" + rest
 
 
 @dataclass(frozen=True)
 class _Path:
-    regex: re.Pattern[str]
+    regex: Regex
 
-    def matches(self, head: RequestHead) -> bool:
-        return self.regex.search(request_path(head)) is not None
+    def matches(self, head: _Head) -> bool:
+        return self.regex.search(_path(head.target))
 
     def __str__(self) -> str:
         return f"path~{self.regex.pattern!r}"
@@ -69,10 +141,11 @@ class _Path:
 
 @dataclass(frozen=True)
 class _Header:
-    regex: re.Pattern[str]
+    regex: Regex
 
-    def matches(self, head: RequestHead) -> bool:
-        return any(self.regex.search(line) for line in header_lines(head))
+    def matches(self, head: _Head) -> bool:
+        search = self.regex.search
+        return any(search(b"%s: %s" % (n, v)) for n, v in head.headers)
 
     def __str__(self) -> str:
         return f"header~{self.regex.pattern!r}"
@@ -82,7 +155,7 @@ class _Header:
 class _Method:
     method: bytes
 
-    def matches(self, head: RequestHead) -> bool:
+    def matches(self, head: _Head) -> bool:
         return head.method.upper() == self.method
 
     def __str__(self) -> str:
@@ -93,7 +166,7 @@ class _Method:
 class _AllOf:
     children: tuple[_Predicate, ...]
 
-    def matches(self, head: RequestHead) -> bool:
+    def matches(self, head: _Head) -> bool:
         return all(child.matches(head) for child in self.children)
 
     def __str__(self) -> str:
@@ -104,7 +177,7 @@ class _AllOf:
 class _AnyOf:
     children: tuple[_Predicate, ...]
 
-    def matches(self, head: RequestHead) -> bool:
+    def matches(self, head: _Head) -> bool:
         return any(child.matches(head) for child in self.children)
 
     def __str__(self) -> str:
@@ -118,7 +191,7 @@ class RequestMatcher:
         self._predicate = predicate
         self.ports = ports  # None: every port
 
-    def matches(self, head: RequestHead) -> bool:
+    def matches(self, head: _Head) -> bool:
         return self._predicate.matches(head)
 
     def applies_to_port(self, port: int) -> bool:
@@ -196,8 +269,8 @@ def _leaf(kind: str, pattern: Any, where: str) -> _Predicate:
             raise ValueError(f"{where}: {pattern!r} is not an HTTP method name")
         return _Method(pattern.upper().encode("ascii"))
     try:
-        regex = re.compile(pattern)
-    except re.error as exc:
+        regex = compile_regex(pattern)
+    except ValueError as exc:
         raise ValueError(f"{where}: invalid regex {pattern!r}: {exc}") from None
     return _Path(regex) if kind == "path" else _Header(regex)
 

@@ -241,6 +241,8 @@ def request_path(head: RequestHead) -> str:
     percent-decoded). Absolute-form targets (``http://host/p?q``) lose scheme and host;
     ``*`` and CONNECT's ``host:port`` are returned unchanged."""
     target = head.target.decode("utf-8", "replace")
+    if target.startswith("/"):
+        return target
     m = _ABSOLUTE_FORM.match(target)
     if m is None:
         return target

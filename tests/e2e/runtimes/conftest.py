@@ -58,7 +58,7 @@ def staging(pod_factory: Any) -> SimpleNamespace:
     qualified service names, a search list with ndots:5, a name only the pod's /etc/hosts
     has, and a config file only the pod has; the database is reachable only from the pod."""
     pod = pod_factory("svc", env={"APP": "svc", "DB_PASSWORD": "from-the-pod"},
-                      files={"/etc/tether-go-app.conf": "dsn=svc-db:7000\n",
+                      files={"/etc/tether-runtime-app.conf": "dsn=svc-db:7000\n",
                              "/srv/tether-go-data/a.txt": "a", "/srv/tether-go-data/b.txt": "b"})
     db = pod_factory("db", behind=pod, cmd=[sys.executable, "-c", ECHO])
     fqdn = "svc-db.staging.svc.cluster.local"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -26,7 +27,7 @@ def test_go_service_finds_its_database_by_short_name_and_reads_the_pods_files(
         tether, goprobe, staging, version, relay):
     probe = goprobe[version]
     steps = ["lookup=svc-db", "dial=svc-db:7000", "lookup=legacy-db",
-             "cat=/etc/tether-go-app.conf"]
+             "cat=/etc/tether-runtime-app.conf"]
     here = subprocess.run([probe, *steps], capture_output=True, text=True, timeout=30)
     assert "pong" not in here.stdout and "dsn=" not in here.stdout  # not from this machine
     res = tether(staging.pod, [probe, *steps], env=RELAYED if relay else None)
@@ -35,19 +36,19 @@ def test_go_service_finds_its_database_by_short_name_and_reads_the_pods_files(
     assert f"lookup svc-db [{staging.db.ip}] <nil>" in out, out + res.stderr
     assert '"pong from the database\\n" <nil>' in out, out + res.stderr
     assert f"lookup legacy-db [{staging.db.ip}] <nil>" in out, out + res.stderr
-    assert 'cat /etc/tether-go-app.conf: "dsn=svc-db:7000\\n" <nil>' in out, out + res.stderr
+    assert 'cat /etc/tether-runtime-app.conf: "dsn=svc-db:7000\\n" <nil>' in out, out + res.stderr
     assert "stay local" not in res.stderr
 
 
 @pytest.mark.parametrize("relay", [False, True], ids=["socket-handed-over", "relayed"])
 def test_static_c_program_resolves_short_names_and_reads_the_pods_files(
         tether, static_resolve, staging, relay):
-    res = tether(staging.pod, [static_resolve, "svc-db", "legacy-db", "/etc/tether-go-app.conf"],
+    res = tether(staging.pod, [static_resolve, "svc-db", "legacy-db", "/etc/tether-runtime-app.conf"],
                  env=RELAYED if relay else None)
     assert res.returncode == 0, res.stderr
     assert f"lookup svc-db: {staging.db.ip}" in res.stdout, res.stdout + res.stderr
     assert f"lookup legacy-db: {staging.db.ip}" in res.stdout, res.stdout
-    assert "cat /etc/tether-go-app.conf: dsn=svc-db:7000" in res.stdout, res.stdout
+    assert "cat /etc/tether-runtime-app.conf: dsn=svc-db:7000" in res.stdout, res.stdout
 
 
 @pytest.mark.parametrize("version", ["1.19", "current"])  # current Go: faccessat2
@@ -58,14 +59,14 @@ def test_go_program_reads_the_pods_files_and_writes_only_locally(
     mine = tmp_path / "mine.txt"
     mine.write_text("local\n")
     staging.pod.exec(["ln", "-s", "a.txt", "/srv/tether-go-data/current"], check=True)
-    res = tether(staging.pod, [goprobe[version], "stat=/etc/tether-go-app.conf",
+    res = tether(staging.pod, [goprobe[version], "stat=/etc/tether-runtime-app.conf",
                                "ls=/srv/tether-go-data", "readlink=/srv/tether-go-data/current",
                                "access=/srv/tether-go-data/a.txt", "access=/etc/no-such-file",
                                "write=/srv/tether-go-data/a.txt", f"cat={mine}",
                                f"write={tmp_path / 'out.txt'}", "stat=/etc/no-such-file"])
     assert res.returncode == 0, res.stderr
     out = res.stdout
-    assert "stat /etc/tether-go-app.conf size 16" in out, out
+    assert "stat /etc/tether-runtime-app.conf size 16" in out, out
     assert "ls /srv/tether-go-data [a.txt b.txt current] <nil>" in out, out
     assert "readlink /srv/tether-go-data/current a.txt <nil>" in out, out
     # readable in the pod; writing is this machine's business, where it does not exist
@@ -78,6 +79,16 @@ def test_go_program_reads_the_pods_files_and_writes_only_locally(
     assert (tmp_path / "out.txt").read_text() == "from the laptop\n"
     assert "stat /etc/no-such-file error" in out
     assert (staging.pod.root / "srv/tether-go-data/a.txt").read_text() == "a"
+
+
+@pytest.mark.parametrize("version", ["1.19", "current"])
+def test_go_program_sees_the_pods_hostname(tether, goprobe, staging, version):
+    res = tether(staging.pod, [goprobe[version], "hostname="])
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"hostname {staging.pod.name} <nil>", res.stdout + res.stderr
+    off = tether(staging.pod, [goprobe[version], "hostname="],
+                 config={"feature": {"hostname": False}})
+    assert off.stdout.strip() == f"hostname {socket.gethostname()} <nil>", off.stdout
 
 
 def test_go_program_writes_the_pods_files_in_write_mode(tether, goprobe, staging):
@@ -102,7 +113,7 @@ def test_go_run_builds_locally_and_runs_the_program_in_the_pods_context(
         shutil.which("go", path=os.path.dirname(sys.executable))
     assert go is not None
     shutil.copytree(GOPROBE, tmp_path, dirs_exist_ok=True)  # tether runs in tmp_path
-    res = tether(staging.pod, [go, "run", ".", "lookup=svc-db", "cat=/etc/tether-go-app.conf"],
+    res = tether(staging.pod, [go, "run", ".", "lookup=svc-db", "cat=/etc/tether-runtime-app.conf"],
                  env=go_env({"GOTOOLCHAIN": "local"}), timeout=120)
     assert res.returncode == 0, res.stderr
     assert f"lookup svc-db [{staging.db.ip}] <nil>" in res.stdout, res.stdout + res.stderr
@@ -116,11 +127,11 @@ def test_go_program_started_by_a_script_or_another_go_program_gets_the_pods_dns(
     if parent == "shell-script":
         script = tmp_path / "run.sh"
         script.write_text(f"#!/bin/sh\necho starting\nexec {probe} lookup=svc-db "
-                          "cat=/etc/tether-go-app.conf\n")
+                          "cat=/etc/tether-runtime-app.conf\n")
         script.chmod(0o755)
         argv = [str(script)]
     else:  # a Go program exec'ing another one (air, a Go supervisor)
-        argv = [goprobe["1.19"], f"exec={probe}", "lookup=svc-db", "cat=/etc/tether-go-app.conf"]
+        argv = [goprobe["1.19"], f"exec={probe}", "lookup=svc-db", "cat=/etc/tether-runtime-app.conf"]
     res = tether(staging.pod, argv)
     assert res.returncode == 0, res.stderr
     assert f"lookup svc-db [{staging.db.ip}] <nil>" in res.stdout, res.stdout + res.stderr
@@ -130,7 +141,7 @@ def test_go_program_started_by_a_script_or_another_go_program_gets_the_pods_dns(
 def test_go_program_under_gdb_reads_the_pods_files(tether, goprobe, staging):
     res = tether(staging.pod, ["gdb", "-batch", "-nx", "-ex", "break main.main", "-ex", "run",
                                "-ex", "continue", "--args", goprobe["1.19"], "lookup=svc-db",
-                               "cat=/etc/tether-go-app.conf"], timeout=90)
+                               "cat=/etc/tether-runtime-app.conf"], timeout=90)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "Breakpoint 1," in res.stdout, res.stdout
     assert f"lookup svc-db [{staging.db.ip}] <nil>" in res.stdout, res.stdout + res.stderr
@@ -144,7 +155,7 @@ def test_go_program_under_delve_resolves_and_reads_through_the_pod(
     init.write_text("break main.main\ncontinue\ncontinue\nexit\n")
     res = tether(staging.pod, ["dlv", "exec", "--init", str(init),
                                "--allow-non-terminal-interactive=true", goprobe["1.19"], "--",
-                               "lookup=svc-db", "cat=/etc/tether-go-app.conf"], timeout=90)
+                               "lookup=svc-db", "cat=/etc/tether-runtime-app.conf"], timeout=90)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "Breakpoint 1 set at" in res.stdout, res.stdout
     assert f"lookup svc-db [{staging.db.ip}] <nil>" in res.stdout, res.stdout + res.stderr

@@ -38,14 +38,14 @@ def _get(url: str) -> str:
 def test_program_gets_the_pods_env_dns_outgoing_and_files(tether, probes, staging, runtime):
     res = tether(staging.pod, [*probes[runtime], "env=DB_PASSWORD", "lookup=svc-db",
                                "dial=svc-db:7000", "lookup=legacy-db",
-                               "cat=/etc/tether-go-app.conf"], timeout=90)
+                               "cat=/etc/tether-runtime-app.conf"], timeout=90)
     assert res.returncode == 0, res.stdout + res.stderr
     out, db = res.stdout, staging.db.ip
     assert "env DB_PASSWORD=from-the-pod" in out, out + res.stderr
     assert f"lookup svc-db [{'' if runtime == 'jvm' else chr(34)}{db}" in out, out + res.stderr
     assert "dial svc-db:7000: pong from the database" in out, out + res.stderr
     assert f"lookup legacy-db [{'' if runtime == 'jvm' else chr(34)}{db}" in out, out
-    assert "cat /etc/tether-go-app.conf: dsn=svc-db:7000" in out, out
+    assert "cat /etc/tether-runtime-app.conf: dsn=svc-db:7000" in out, out
 
 
 @pytest.mark.parametrize("runtime", ["jvm", "ruby"])

@@ -8,6 +8,7 @@
 //	readlink=PATH    os.Readlink
 //	access=PATH      syscall.Access for reading, then for writing
 //	write=PATH       os.WriteFile
+//	hostname=        os.Hostname
 //	exec=PATH ARGS   run another program (the rest of the arguments) and wait for it
 package main
 
@@ -61,6 +62,9 @@ func main() {
 			fmt.Println("readlink", what, target, err)
 		case "access":
 			fmt.Println("access", what, "r:", syscall.Access(what, 4), "w:", syscall.Access(what, 2))
+		case "hostname":
+			name, err := os.Hostname()
+			fmt.Println("hostname", name, err)
 		case "write":
 			err := os.WriteFile(what, []byte("from the laptop\n"), 0o644)
 			fmt.Println("write", what, err)
