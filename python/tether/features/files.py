@@ -255,6 +255,7 @@ class Feature:
         self.mapping = [(compile_pattern(k, ignore_case=True), python_replacement(v))
                         for k, v in self.fs.mapping.items()]
         self._shadow_root: str | None = None
+        self._said_read_only = False
         self._entries = self._build_entries()
 
     # ---- the layer's table ----
@@ -344,6 +345,10 @@ class Feature:
     # ---- relay: the agent's link cannot carry descriptors ----
     async def _relay_open(self, msg: Message) -> Message:
         if msg["flags"] & _WRITE_FLAGS:
+            if not self._said_read_only:  # where tether differs, say so once, when it matters
+                self._said_read_only = True
+                log.warning("files: %s: the target's files cannot be written over this link "
+                            "(no descriptor passing); the program gets EROFS", msg["path"])
             raise RemoteError("read_only", "remote files are read-only over this link",
                               errno.EROFS)
         st = (await self._agent({"t": "fs_stat", "path": msg["path"], "follow": True}))["st"]

@@ -130,3 +130,4 @@ def test_relay_without_descriptor_passing_gives_a_readonly_copy(tether, app):
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout) == {"read": "remote copy\n", "list": ["app.conf", "secret.txt"],
                                       "size": 1234, "write": "EROFS"}
+    assert res.stderr.count("the target's files cannot be written over this link") == 1
