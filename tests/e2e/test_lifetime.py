@@ -208,7 +208,8 @@ def test_target_gone_while_only_background_processes_remain_tells_them_and_stops
     res = run_tether(target, ["sh", "-c", f"sleep 30 >/dev/null 2>>'{log}' & echo started"],
                      session_tmp)
     assert "keep the session open in the background" in res.stderr, res.stderr
-    worker = int(re.search(r": (\d+) \(sleep\)", res.stderr).group(1))
+    # named sh when tether reports before the background shell has exec'd sleep (same pid)
+    worker = int(re.search(r": (\d+) \((?:sleep|sh)\)", res.stderr).group(1))
     os.kill(target.pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
     while os.path.exists(f"/proc/{worker}") and time.monotonic() < deadline:
