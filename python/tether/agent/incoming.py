@@ -39,6 +39,7 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -464,21 +465,7 @@ class IncomingAgent:
                 await self._to_app(conn, dst)
                 return
 
-            async def open_app() -> socket.socket | None:
-                return await self._connect_app(dst)
-
-            async def open_dev() -> socket.socket | None:
-                ours, theirs = socket.socketpair()
-                ours.setblocking(False)
-                try:
-                    ok = await self._to_dev(theirs, dst[1], peer_addr, peer_port, "steal")
-                finally:
-                    theirs.close()
-                if not ok:
-                    ours.close()
-                    return None
-                return ours
-
+            open_app, open_dev = self._openers(dst, peer_addr, peer_port)
             await Router(conn, matcher, open_app, open_dev, name).run()
         except Exception as exc:
             log.warning("%s: %s", name, exc)
@@ -498,12 +485,30 @@ class IncomingAgent:
         if sub.mode != "mirror" and not judged:
             return False
 
+        # "steal" also for the copies of a TLS mirror: their answers come back here
+        # (HTTP/2 copies need the program's window updates) and are dropped here.
+        open_app, open_dev = self._openers(dst, peer_addr, peer_port)
+
+        async def route(plain: socket.socket, matcher: RequestMatcher, app: Any,
+                        dev: Any) -> None:
+            await Router(plain, matcher, app, dev, name).run()
+
+        await incoming_tls.serve(sub.tls, conn, sub.mode, sub.matcher if judged else None,
+                                 open_app, open_dev, name, route,
+                                 lambda: self._to_app(conn, dst))
+        return True
+
+    def _openers(self, dst: tuple[str, int], peer_addr: str, peer_port: int
+                 ) -> tuple[Callable[[], Awaitable[socket.socket | None]],
+                            Callable[[], Awaitable[socket.socket | None]]]:
+        """The router's two upstreams for one client connection: a new connection to the
+        application, and a socketpair whose other end the orchestrator hands the program
+        (None when the program no longer listens)."""
+
         async def open_app() -> socket.socket | None:
             return await self._connect_app(dst)
 
         async def open_dev() -> socket.socket | None:
-            # "steal" also for the copies of a TLS mirror: their answers come back here
-            # (HTTP/2 copies need the program's window updates) and are dropped here.
             ours, theirs = socket.socketpair()
             ours.setblocking(False)
             try:
@@ -515,14 +520,7 @@ class IncomingAgent:
                 return None
             return ours
 
-        async def route(plain: socket.socket, matcher: RequestMatcher, app: Any,
-                        dev: Any) -> None:
-            await Router(plain, matcher, app, dev, name).run()
-
-        await incoming_tls.serve(sub.tls, conn, sub.mode, sub.matcher if judged else None,
-                                 open_app, open_dev, name, route,
-                                 lambda: self._to_app(conn, dst))
-        return True
+        return open_app, open_dev
 
     async def _to_dev(self, sock: socket.socket, port: int, peer_addr: str, peer_port: int,
                       mode: str) -> bool:
