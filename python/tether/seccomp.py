@@ -468,7 +468,11 @@ class Supervisor:
                 self._continue(nid)
                 return
             agent = self.orch.agent
-            nonblocking = not sock.getblocking()
+            # The open file's own flag (the duplicate shares it): a socket object made
+            # from a descriptor always says it blocks.  A blocking replacement would
+            # leave Go's read of an unanswered DNS query in the kernel for ever, deaf
+            # to its deadlines.
+            nonblocking = bool(fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK)
             if agent is None:
                 self._continue(nid)
                 return

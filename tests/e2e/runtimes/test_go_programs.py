@@ -11,9 +11,13 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from runtimes_support import GOPROBE, go_env
+
+SILENT_DNS = ("import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+              "s.bind(('0.0.0.0', 53))\ntime.sleep(300)\n")
 
 pytestmark = pytest.mark.e2e
 
@@ -118,6 +122,22 @@ def test_go_run_builds_locally_and_runs_the_program_in_the_pods_context(
     assert res.returncode == 0, res.stderr
     assert f"lookup svc-db [{staging.db.ip}] <nil>" in res.stdout, res.stdout + res.stderr
     assert '"dsn=svc-db:7000\\n" <nil>' in res.stdout
+
+
+def test_go_lookup_gives_up_like_go_when_the_pods_nameserver_never_answers(
+        tether, goprobe, pod_factory):
+    # Go's sockets are non-blocking and its resolver waits with a deadline: the socket the
+    # supervisor installs must be non-blocking too, or an unanswered query blocks the
+    # program in read(2) for ever (a lost datagram, a nameserver not listening yet).
+    pod = pod_factory("svc")
+    # It takes the queries and never answers (no ICMP "port unreachable" to end the read).
+    silent = pod_factory("cdns", cmd=[sys.executable, "-c", SILENT_DNS])
+    with open(Path("/etc/netns") / pod.name / "resolv.conf", "w") as f:
+        f.write(f"nameserver {silent.ip}\noptions timeout:1 attempts:1\n")
+    res = tether(pod, [goprobe["current"], "lookup=svc-db.cluster.local"], timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert "lookup svc-db.cluster.local []" in res.stdout, res.stdout + res.stderr
+    assert "i/o timeout" in res.stdout, res.stdout
 
 
 @pytest.mark.parametrize("parent", ["shell-script", "go"])
