@@ -32,7 +32,7 @@ def test_go_service_reaches_its_database_by_service_name(kube, pod_factory, kube
     db = pod_factory("db", behind=front, cmd=[sys.executable, "-c", ECHO])
     fqdn = "silly-db.staging.svc.cluster.local"
     dns = pod_factory("cdns", behind=front, cmd=[
-        "dnsmasq", "-k", "--no-resolv", "--no-hosts", "--port=53", "--listen-address=0.0.0.0",
+        "dnsmasq", "-k", "--no-resolv", "--no-hosts", "--port=53", "--pid-file=", "--listen-address=0.0.0.0",
         "--bind-interfaces", f"--host-record={fqdn},{db.ip}", "--local=//"])
     # The pod's own files, edited in place: a cluster's resolv.conf, one more hosts entry.
     (front.root / "etc" / "resolv.conf").write_text(

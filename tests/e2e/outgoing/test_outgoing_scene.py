@@ -161,7 +161,7 @@ def test_dns_config_decides_who_resolves(tether, out_programs, scene, dns, resol
 def test_short_name_resolves_with_the_pods_nameserver_and_search_domain(
         tether, out_programs, pod_factory):
     """The pod's resolv.conf names a cluster DNS (dnsmasq) and a search domain."""
-    ns = pod_factory("cdns", cmd=["dnsmasq", "-k", "--no-resolv", "--no-hosts", "--port=53",
+    ns = pod_factory("cdns", cmd=["dnsmasq", "-k", "--no-resolv", "--no-hosts", "--port=53", "--pid-file=",
                                   "--listen-address=0.0.0.0", "--bind-interfaces",
                                   "--host-record=api.team.svc.cluster.local,127.0.0.7",
                                   "--local=/team.svc.cluster.local/", "--local=//"])

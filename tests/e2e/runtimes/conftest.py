@@ -62,7 +62,7 @@ def staging(pod_factory: Any) -> SimpleNamespace:
                              "/srv/tether-go-data/a.txt": "a", "/srv/tether-go-data/b.txt": "b"})
     db = pod_factory("db", behind=pod, cmd=[sys.executable, "-c", ECHO])
     fqdn = "svc-db.staging.svc.cluster.local"
-    ns = pod_factory("cdns", cmd=["dnsmasq", "-k", "--no-resolv", "--no-hosts", "--port=53",
+    ns = pod_factory("cdns", cmd=["dnsmasq", "-k", "--no-resolv", "--no-hosts", "--port=53", "--pid-file=",
                                   "--listen-address=0.0.0.0", "--bind-interfaces",
                                   f"--host-record={fqdn},{db.ip}", "--local=//"])
     etc = Path("/etc/netns") / pod.name  # the pod's /etc/hosts and resolv.conf
@@ -71,4 +71,5 @@ def staging(pod_factory: Any) -> SimpleNamespace:
     with open(etc / "hosts", "a") as f:
         f.write(f"{db.ip}\tlegacy-db\n")
     db.wait_port(7000)
+    ns.wait_port(53)  # dnsmasq answers on TCP and UDP 53 from the same start
     return SimpleNamespace(pod=pod, db=db, fqdn=fqdn)
