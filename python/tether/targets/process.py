@@ -207,6 +207,9 @@ class ProcessTarget:
                 _native.lib.tether_set_pdeathsig(signal.SIGKILL)
                 if os.getppid() != orchestrator:  # it died before the line above
                     os._exit(1)
+                # Both names at once: whoever finds us by command line (pgrep -f) must
+                # also see the comm the agent would set later.
+                _native.lib.tether_set_name(b"tether-agent")
                 _set_title("tether-agent " + " ".join(argv))
                 from ..agent.__main__ import main as agent_main
 
