@@ -1599,7 +1599,8 @@ def _dump_http_filter(node: HttpFilter) -> dict[str, Any]:
     return {f"{node.kind}_filter": node.pattern}
 
 
-def _dump_tls_port(p: TlsStealPort) -> dict[str, Any]:
+def dump_tls_port(p: TlsStealPort) -> dict[str, Any]:
+    """A tls_steal port as its config mapping (also what the agent is sent of it)."""
     out: dict[str, Any] = {"port": p.port, "cert_pem": p.cert_pem, "key_pem": p.key_pem,
                            "alpn_protocols": list(p.alpn_protocols)}
     if p.client_verification is not None:
@@ -1663,7 +1664,7 @@ def dump_effective(config: Config) -> dict[str, Any]:
                     "ignore_localhost": inc.ignore_localhost,
                     "on_concurrent_steal": inc.on_concurrent_steal,
                     "shadow": inc.shadow,
-                    "tls_steal": {"ports": [_dump_tls_port(p) for p in inc.tls_steal]},
+                    "tls_steal": {"ports": [dump_tls_port(p) for p in inc.tls_steal]},
                     "tls_delivery": {
                         "protocol": inc.tls_delivery.protocol,
                         "trust_roots": list(inc.tls_delivery.trust_roots),

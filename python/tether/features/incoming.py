@@ -44,7 +44,7 @@ from .. import (
     messages_incoming,  # noqa: F401  (registers the message types)
     relay,
 )
-from ..config import HttpFilter, IncomingConfig
+from ..config import HttpFilter, IncomingConfig, dump_tls_port
 from ..http.mirror import Replay
 from ..link import Link, LinkClosed, RemoteError
 from ..pipe import pipe
@@ -214,16 +214,8 @@ class Feature:
             return None
         i, entry = found
         key = f"feature.network.incoming.tls_steal.ports[{i}]"
-        out: dict[str, Any] = {"key": key, "cert_pem": entry.cert_pem,
-                               "key_pem": entry.key_pem,
-                               "alpn_protocols": list(entry.alpn_protocols)}
-        if entry.client_verification is not None:
-            out["client_verification"] = {
-                "trust_roots": list(entry.client_verification.trust_roots),
-                "allow_anonymous": entry.client_verification.allow_anonymous}
-        if entry.app_client_cert is not None:
-            out["app_client_cert"] = {"cert_pem": entry.app_client_cert.cert_pem,
-                                      "key_pem": entry.app_client_cert.key_pem}
+        out: dict[str, Any] = {"key": key, **dump_tls_port(entry)}
+        del out["port"]  # the subscription names the port
         d = c.tls_delivery
         dkey = "feature.network.incoming.tls_delivery"
         delivery: dict[str, Any] = {"protocol": d.protocol}
